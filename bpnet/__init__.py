@@ -1,0 +1,34 @@
+"""bpnet: a backpropagation network framework, derived by hand and built to be debugged.
+
+    from bpnet import Sequential, Dense, ReLU, Adam
+    model = Sequential([Dense(64, init="he_normal"), ReLU(), Dense(10)], seed=0)
+    model.compile(loss="cross_entropy", optimizer=Adam(lr=1e-3))
+    history = model.fit(X, y, epochs=20, batch_size=64)
+"""
+from . import data, init
+from .backends import available_backends, get_backend
+from .callbacks import Callback
+from .clip import clip_grad_norm, clip_grad_value
+from .errors import (BackendError, BpnetError, CheckpointError, ConfigError, DataError, GradcheckError,
+                     LabelError, NonFiniteError, NotBuiltError, ShapeError)
+from .gradcheck import GradcheckReport, gradcheck
+from .history import History
+from .init import calculate_gain
+from .layers import (ELU, BatchNorm1d, Dense, Dropout, Flatten, Identity, Layer, LeakyReLU, ReLU, Residual,
+                     Sigmoid, Softmax, Tanh)
+from .losses import MAE, MSE, BCEWithLogits, CrossEntropy, FocalLoss, Loss
+from .model import Sequential
+from .optim import SGD, Adam, AdamW, Optimizer, RMSProp
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Sequential", "Layer", "Dense", "Sigmoid", "Tanh", "ReLU", "LeakyReLU", "ELU", "Softmax", "Identity",
+    "Dropout", "BatchNorm1d", "Residual", "Flatten",
+    "Loss", "MSE", "MAE", "CrossEntropy", "BCEWithLogits", "FocalLoss",
+    "Optimizer", "SGD", "Adam", "AdamW", "RMSProp", "clip_grad_norm", "clip_grad_value",
+    "gradcheck", "GradcheckReport", "History", "Callback", "calculate_gain", "init", "data",
+    "get_backend", "available_backends",
+    "BpnetError", "ShapeError", "LabelError", "DataError", "ConfigError", "NotBuiltError", "BackendError",
+    "GradcheckError", "NonFiniteError", "CheckpointError", "__version__",
+]

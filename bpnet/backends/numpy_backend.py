@@ -121,11 +121,28 @@ class NumpyBackend:
         dz = (a * p - wq) / denom
         return loss, dz.astype(z.dtype, copy=False)
 
+    def softmax_cross_entropy_labels(self, z, y, class_weights=None, smoothing=0.0):
+        """``softmax_cross_entropy`` for integer labels y (N,), q = one-hot mixed with
+        the uniform distribution: q = (1-ε) onehot(y) + ε/C."""
+        q = _labels_to_distribution(self.xp, y, z.shape[1], smoothing, z.dtype)
+        return self.softmax_cross_entropy(z, q, class_weights)
+
     # -- reductions used by clipping and diagnostics ------------------------------
     def sum_squares(self, x):
         """Σ x², accumulated in float64."""
         return float(self.xp.dot(x.ravel().astype(np.float64, copy=False),
                                  x.ravel().astype(np.float64, copy=False)))
+
+    def clip_norm_(self, x, max_norm):
+        """Scale x in place so that ||x||₂ ≤ max_norm; return the norm before clipping.
+
+        Like PyTorch, the factor is max_norm / (norm + 1e-6) and is applied only
+        when it is below 1."""
+        norm = self.sum_squares(x) ** 0.5
+        factor = max_norm / (norm + 1e-6)
+        if factor < 1.0:
+            self.scale_(x, factor)
+        return norm
 
     def all_finite(self, x):
         return bool(self.xp.isfinite(x).all())
@@ -185,3 +202,10 @@ class NumpyBackend:
 def _assign(out, value):
     out[...] = value
     return out
+
+
+def _labels_to_distribution(xp, y, num_classes, smoothing, dtype):
+    """One-hot rows for integer labels, mixed with the uniform distribution by ``smoothing``."""
+    q = xp.full((y.shape[0], num_classes), smoothing / num_classes, dtype=dtype)
+    q[xp.arange(y.shape[0]), y] += 1.0 - smoothing
+    return q

@@ -1,0 +1,51 @@
+"""Gradient clipping, with PyTorch's names and semantics."""
+from __future__ import annotations
+
+import math
+
+from .backends import get_backend
+from .errors import NonFiniteError
+
+
+def _grad_arrays(target):
+    """(backend, list of gradient arrays) for a model, a layer or a list of arrays."""
+    flat = getattr(target, "flat_grads", None)
+    if flat is not None:
+        return target.backend, [flat]
+    if hasattr(target, "named_parameters"):
+        grads = [owner.grads[key] for _, owner, key in target.named_parameters()]
+        return (target.backend or get_backend("numpy")), grads
+    grads = list(target.values()) if isinstance(target, dict) else list(target)
+    return get_backend("numpy"), grads
+
+
+def clip_grad_norm(target, max_norm: float, error_if_nonfinite: bool = False) -> float:
+    r"""Rescale all gradients together so their global L2 norm is at most ``max_norm``.
+
+    ‖g‖ = √(Σ_tensors Σ g²);  if ‖g‖ > max_norm: g ← g · max_norm / (‖g‖ + 1e-6).
+    The direction of the update is kept; only its length is capped.  Returns
+    the norm *before* clipping (log it: a rising norm is the early sign of
+    exploding gradients).  ``target`` is a model, a layer, or a list/dict of arrays.
+    """
+    bk, grads = _grad_arrays(target)
+    if len(grads) == 1:
+        norm = bk.clip_norm_(grads[0], float(max_norm)) if math.isfinite(bk.sum_squares(grads[0])) \
+            else float("nan")
+    else:
+        norm = math.sqrt(sum(bk.sum_squares(g) for g in grads))
+        factor = max_norm / (norm + 1e-6)
+        if math.isfinite(norm) and factor < 1.0:
+            for g in grads:
+                bk.scale_(g, factor)
+    if not math.isfinite(norm) and error_if_nonfinite:
+        raise NonFiniteError(
+            f"the total gradient norm is {norm}; clipping cannot repair NaN/Inf gradients. "
+            "Run with detect_anomaly=True to find the layer that produced them")
+    return float(norm)
+
+
+def clip_grad_value(target, clip_value: float) -> None:
+    """Clamp every gradient element to [-clip_value, clip_value] in place."""
+    bk, grads = _grad_arrays(target)
+    for g in grads:
+        bk.clip_value_(g, float(clip_value))

@@ -1,0 +1,132 @@
+"""Saving and loading models: architecture as JSON, arrays in one ``.npz``, no pickle.
+
+Writes are atomic: the file is written under a temporary name in the same
+directory, flushed to disk, then renamed over the target.  A crash mid-write
+leaves the previous file intact.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+
+import numpy as np
+
+from .errors import CheckpointError
+
+FORMAT_VERSION = 1
+
+
+def atomic_write_bytes(path, data: bytes):
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".part", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _rng_state(gen):
+    return gen.bit_generator.state
+
+
+def model_state(model) -> tuple[dict, dict]:
+    """(JSON-able config, dict of host arrays) describing the model completely."""
+    bk = model.backend
+    arrays = {}
+    for name, owner, key in model.named_parameters():
+        arrays[f"param/{name}"] = bk.to_numpy(owner.params[key])
+    for name, owner, key in model.named_buffers():
+        arrays[f"buffer/{name}"] = bk.to_numpy(owner.buffers[key])
+    config = {"format": "bpnet", "version": FORMAT_VERSION, "model": model.get_config(),
+              "input_shape": list(model.input_shape) if model.built else None,
+              "rng": {"init": _rng_state(model.init_rng), "data": _rng_state(model.data_rng),
+                      "layers": {str(i): _rng_state(layer.rng) for i, layer in enumerate(model.walk())
+                                 if getattr(layer, "rng", None) is not None}}}
+    if model.loss is not None:
+        config["loss"] = {"class": type(model.loss).__name__, "config": model.loss.get_config()}
+        config["metrics"] = model.metrics
+    if model.optimizer is not None:
+        config["optimizer"] = {"class": type(model.optimizer).__name__, "config": model.optimizer.get_config()}
+        for k, v in model.optimizer.state_dict().items():
+            arrays[f"optimizer/{k}"] = np.asarray(v)
+    if model.preprocessor is not None:
+        config["preprocessor"] = {"class": type(model.preprocessor).__name__,
+                                  "config": model.preprocessor.get_config()}
+        for k, v in model.preprocessor.state_dict().items():
+            arrays[f"preprocessor/{k}"] = np.asarray(v)
+    return config, arrays
+
+
+def save_model(model, path):
+    model._require_built()
+    config, arrays = model_state(model)
+    buf = io.BytesIO()
+    np.savez(buf, __config__=np.frombuffer(json.dumps(config).encode(), dtype=np.uint8), **arrays)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def read_checkpoint(path) -> tuple[dict, dict]:
+    try:
+        with np.load(os.fspath(path), allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot read bpnet checkpoint {path!s}: {exc}") from exc
+    if "__config__" not in arrays:
+        raise CheckpointError(f"{path!s} is an .npz file but not a bpnet checkpoint (no __config__ entry)")
+    config = json.loads(arrays.pop("__config__").tobytes().decode())
+    return config, arrays
+
+
+def restore_state(model, config: dict, arrays: dict):
+    """Load weights, buffers, optimizer state and random-generator states into ``model``."""
+    from .losses import loss_from_config
+    from .optim import optimizer_from_config
+    if not model.built and config.get("input_shape") is not None:
+        model.build(tuple(config["input_shape"]))
+    bk = model.backend
+    for name, owner, key in model.named_parameters():
+        owner.params[key][...] = bk.asarray(arrays[f"param/{name}"], dtype=model.dtype)
+    for name, owner, key in model.named_buffers():
+        owner.buffers[key][...] = bk.asarray(arrays[f"buffer/{name}"], dtype=model.dtype)
+    rng = config.get("rng", {})
+    if rng:
+        model.init_rng.bit_generator.state = rng["init"]
+        model.data_rng.bit_generator.state = rng["data"]
+        for i, layer in enumerate(model.walk()):
+            if str(i) in rng.get("layers", {}):
+                layer.rng.bit_generator.state = rng["layers"][str(i)]
+    if "loss" in config and model.loss is None:
+        model.compile(loss=loss_from_config(config["loss"]["class"], config["loss"]["config"]),
+                      optimizer=optimizer_from_config(config["optimizer"]["class"], config["optimizer"]["config"]),
+                      metrics=config.get("metrics"))
+    if model.optimizer is not None:
+        opt_state = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("optimizer/")}
+        if opt_state:
+            model.optimizer.load_state_dict(opt_state)
+    if "preprocessor" in config:
+        from . import data
+        cls = getattr(data, config["preprocessor"]["class"])
+        state = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("preprocessor/")}
+        model.preprocessor = cls.from_state_dict(state, config["preprocessor"]["config"])
+
+
+def load_model(path, backend=None):
+    from .model import Sequential
+    config, arrays = read_checkpoint(path)
+    model = Sequential.from_config(config["model"])
+    if backend is not None:
+        from .backends import get_backend
+        model.backend = get_backend(backend)
+    restore_state(model, config, arrays)
+    return model

@@ -1,0 +1,179 @@
+"""Optimizers over the model's flat parameter buffer.
+
+A bound optimizer sees two 1-D arrays, every parameter and every gradient of
+the model laid end to end, so one backend call performs the whole update (the
+"fused optimizer" trick).  ``lr`` may be reassigned at any time: schedules and
+callbacks do exactly that.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import ConfigError, NotBuiltError
+
+
+class Optimizer:
+    """Base class: holds ``lr``, the step count ``t`` and per-parameter state arrays."""
+    state_names: tuple = ()
+
+    def __init__(self, lr: float, weight_decay: float = 0.0):
+        if not lr > 0:
+            raise ConfigError(f"{type(self).__name__}(lr={lr}): the learning rate must be positive")
+        if weight_decay < 0:
+            raise ConfigError(f"{type(self).__name__}(weight_decay={weight_decay}) must be >= 0")
+        self.lr = float(lr)
+        self.weight_decay = float(weight_decay)
+        self.t = 0
+        self.state: dict = {}
+        self.model = None
+
+    def bind(self, model):
+        """Attach to a built model (``compile`` does this); returns self."""
+        self.model = model
+        return self
+
+    def _flat(self):
+        if self.model is None:
+            raise NotBuiltError(f"{type(self).__name__} is not attached to a model: call "
+                                "model.compile(loss, optimizer) or optimizer.bind(model)")
+        p, g = self.model.flat_params, self.model.flat_grads
+        if p is None:
+            raise NotBuiltError("the model has no parameters yet: call model.build(input_shape) "
+                                "or run one forward pass first")
+        for name in self.state_names:
+            s = self.state.get(name)
+            if s is None or s.shape != p.shape:
+                self.state[name] = self.model.backend.zeros(p.shape, p.dtype)
+        return p, g
+
+    def step(self):
+        """Apply one update from the gradients currently in the model."""
+        p, g = self._flat()
+        self.t += 1
+        self._update(p, g)
+
+    def _update(self, p, g):
+        raise NotImplementedError
+
+    def zero_grad(self):
+        if self.model is not None and self.model.flat_grads is not None:
+            self.model.flat_grads[...] = 0
+
+    # -- saving -----------------------------------------------------------------
+    def get_config(self) -> dict:
+        return {"lr": self.lr, "weight_decay": self.weight_decay}
+
+    def state_dict(self) -> dict:
+        """Arrays (host NumPy) and the step count, for checkpoints."""
+        bk = self.model.backend if self.model is not None else None
+        out = {"t": np.asarray(self.t), "lr": np.asarray(self.lr)}
+        for k, v in self.state.items():
+            out[k] = bk.to_numpy(v) if bk is not None else np.asarray(v)
+        return out
+
+    def load_state_dict(self, state: dict):
+        self.t = int(state["t"])
+        self.lr = float(state["lr"])
+        for k in self.state_names:
+            if k in state:
+                arr = state[k]
+                self.state[k] = self.model.backend.asarray(arr, dtype=self.model.flat_params.dtype) \
+                    if self.model is not None else np.array(arr)
+
+    def __repr__(self):
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.get_config().items())})"
+
+
+class SGD(Optimizer):
+    r"""Stochastic gradient descent with optional (Nesterov) momentum, as in PyTorch.
+
+    d = g + λ p;  v ← μ v + d;  p ← p - lr · (d + μ v if nesterov else v)
+    (plain SGD when μ = 0: p ← p - lr · d).
+    """
+
+    def __init__(self, lr: float = 0.01, momentum: float = 0.0, nesterov: bool = False,
+                 weight_decay: float = 0.0):
+        super().__init__(lr, weight_decay)
+        if not 0.0 <= momentum < 1.0:
+            raise ConfigError(f"SGD(momentum={momentum}) must be in [0, 1)")
+        if nesterov and momentum == 0:
+            raise ConfigError("SGD(nesterov=True) needs momentum > 0")
+        self.momentum, self.nesterov = float(momentum), bool(nesterov)
+        self.state_names = ("velocity",) if momentum else ()
+
+    def _update(self, p, g):
+        self.model.backend.sgd_step(p, g, self.state.get("velocity"), self.lr, self.momentum,
+                                    self.nesterov, self.weight_decay)
+
+    def get_config(self):
+        return {**super().get_config(), "momentum": self.momentum, "nesterov": self.nesterov}
+
+
+class Adam(Optimizer):
+    r"""Adam (Kingma & Ba).  m ← β1 m + (1-β1) g, v ← β2 v + (1-β2) g²,
+    p ← p - lr · m̂ / (√v̂ + ε) with m̂ = m/(1-β1ᵗ), v̂ = v/(1-β2ᵗ).
+
+    ``weight_decay`` adds λp to g (L2 regularisation, PyTorch's Adam).
+    """
+    state_names = ("m", "v")
+    decoupled = False
+
+    def __init__(self, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0):
+        super().__init__(lr, weight_decay)
+        b1, b2 = betas
+        if not (0 <= b1 < 1 and 0 <= b2 < 1) or eps <= 0:
+            raise ConfigError(f"{type(self).__name__}: need 0 <= betas < 1 and eps > 0, got {betas}, {eps}")
+        self.betas, self.eps = (float(b1), float(b2)), float(eps)
+
+    def _update(self, p, g):
+        self.model.backend.adam_step(p, g, self.state["m"], self.state["v"], self.lr, *self.betas,
+                                     self.eps, self.weight_decay, self.t, self.decoupled)
+
+    def get_config(self):
+        return {**super().get_config(), "betas": list(self.betas), "eps": self.eps}
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Loshchilov & Hutter): p ← p(1 - lr λ) before the Adam step."""
+    decoupled = True
+
+    def __init__(self, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.01):
+        super().__init__(lr, betas, eps, weight_decay)
+
+
+class RMSProp(Optimizer):
+    r"""RMSProp as in PyTorch: s ← α s + (1-α) g², p ← p - lr · g / (√s + ε)
+    (with momentum μ: b ← μ b + g/(√s+ε), p ← p - lr · b)."""
+
+    def __init__(self, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
+                 momentum: float = 0.0, weight_decay: float = 0.0):
+        super().__init__(lr, weight_decay)
+        self.alpha, self.eps, self.momentum = float(alpha), float(eps), float(momentum)
+        self.state_names = ("square_avg", "velocity") if momentum else ("square_avg",)
+
+    def _update(self, p, g):
+        self.model.backend.rmsprop_step(p, g, self.state["square_avg"], self.state.get("velocity"),
+                                        self.lr, self.alpha, self.eps, self.momentum, self.weight_decay)
+
+    def get_config(self):
+        return {**super().get_config(), "alpha": self.alpha, "eps": self.eps, "momentum": self.momentum}
+
+
+OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW, "rmsprop": RMSProp}
+
+
+def get_optimizer(spec) -> Optimizer:
+    if isinstance(spec, Optimizer):
+        return spec
+    if isinstance(spec, str) and spec.lower() in OPTIMIZERS:
+        return OPTIMIZERS[spec.lower()]()
+    raise ConfigError(f"unknown optimizer {spec!r}; choose one of {sorted(OPTIMIZERS)} or pass an instance")
+
+
+def optimizer_from_config(name: str, config: dict) -> Optimizer:
+    cls = {c.__name__: c for c in (SGD, Adam, AdamW, RMSProp)}[name]
+    if "betas" in config:
+        config = {**config, "betas": tuple(config["betas"])}
+    return cls(**config)
