@@ -301,6 +301,16 @@ class Sequential(Layer):
             print_fn(text)
         return text
 
+    def trace(self, x, print_fn=print):
+        """Per-layer table of one batch: shape, dtype, min, max, mean, std, NaN/Inf count."""
+        from .doctor.trace import trace
+        return trace(self, x, print_fn=print_fn)
+
+    def profile(self, X, y, steps: int = 20, print_fn=print):
+        """Per-layer forward/backward time and activation memory of a training step."""
+        from .profiler import profile
+        return profile(self, X, y, steps=steps, print_fn=print_fn)
+
     # -- saving -----------------------------------------------------------------------
     def save(self, path):
         """Write architecture (JSON), weights and optimizer state to one ``.npz``, atomically."""
