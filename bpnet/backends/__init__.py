@@ -77,7 +77,12 @@ def _create(key):
         from .numba_backend import NumbaBackend
         return NumbaBackend()
     if key == "cupy":
-        from .cupy_backend import CupyBackend
+        try:
+            from .cupy_backend import CupyBackend
+        except ImportError as exc:
+            raise BackendError(
+                f"backend 'cupy' is unavailable ({exc}); it needs CuPy and a CUDA GPU "
+                "(`pip install cupy-cuda12x`), or use backend='numpy' / 'numba'") from exc
         return CupyBackend()
     raise BackendError(
         f"unknown backend {key!r}; choose one of 'numpy', 'numba', 'cupy' "
