@@ -66,5 +66,6 @@ class ProgressBar(Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         if self.bar is not None:
-            self.bar.set_postfix({k: f"{v:.4f}" for k, v in (logs or {}).items()}, refresh=False)
+            self.bar.set_postfix({k: f"{v:.4f}" for k, v in (logs or {}).items() if k != "time"},
+                                 refresh=False)
             self.bar.close()
