@@ -123,7 +123,19 @@ class NumpyBackend:
 
     def softmax_cross_entropy_labels(self, z, y, class_weights=None, smoothing=0.0):
         """``softmax_cross_entropy`` for integer labels y (N,), q = one-hot mixed with
-        the uniform distribution: q = (1-ε) onehot(y) + ε/C."""
+        the uniform distribution: q = (1-ε) onehot(y) + ε/C.
+
+        Without weights or smoothing q is one-hot and the formulas reduce to
+        loss = -mean_i log p_{i,y_i} and dz = (p - onehot(y)) / N."""
+        if class_weights is None and not smoothing:
+            xp = self.xp
+            logp = self.log_softmax(z)
+            rows = xp.arange(z.shape[0])
+            loss = float(-logp[rows, y].astype(np.float64).mean())
+            dz = xp.exp(logp)
+            dz[rows, y] -= 1
+            dz *= 1.0 / z.shape[0]
+            return loss, dz
         q = _labels_to_distribution(self.xp, y, z.shape[1], smoothing, z.dtype)
         return self.softmax_cross_entropy(z, q, class_weights)
 
@@ -169,21 +181,40 @@ class NumpyBackend:
 
         m = β1 m + (1-β1) g;  v = β2 v + (1-β2) g²
         p -= lr · m̂ / (√v̂ + ε), with m̂ = m/(1-β1ᵗ), v̂ = v/(1-β2ᵗ)
+
+        Written with in-place operations on one scratch buffer: the flat
+        buffer holds every parameter, and fresh temporaries of that size
+        would cost more than the arithmetic.
         """
         xp = self.xp
+        tmp = self.scratch(p.shape, p.dtype)
         if weight_decay and decoupled:
             p *= 1 - lr * weight_decay
         elif weight_decay:
             g = g + weight_decay * p
         m *= beta1
-        m += (1 - beta1) * g
+        xp.multiply(g, 1 - beta1, out=tmp)
+        m += tmp
         v *= beta2
-        v += (1 - beta2) * (g * g)
+        xp.multiply(g, g, out=tmp)
+        tmp *= 1 - beta2
+        v += tmp
         bias1 = 1 - beta1 ** t
         bias2 = 1 - beta2 ** t
-        denom = xp.sqrt(v / bias2)
-        denom += eps
-        p -= (lr / bias1) * m / denom
+        xp.sqrt(v, out=tmp)
+        tmp *= 1 / bias2 ** 0.5                     # √v̂ = √v / √(1-β2ᵗ)
+        tmp += eps
+        xp.divide(m, tmp, out=tmp)
+        tmp *= lr / bias1
+        p -= tmp
+
+    def scratch(self, shape, dtype):
+        """A reusable work array (contents undefined), one per shape and dtype."""
+        cache = self.__dict__.setdefault("_scratch", {})
+        key = (tuple(shape), str(dtype))
+        if key not in cache:
+            cache[key] = self.empty(shape, dtype)
+        return cache[key]
 
     def rmsprop_step(self, p, g, sq, velocity, lr, alpha, eps, momentum, weight_decay):
         """sq = α sq + (1-α) g²;  step = g / (√sq + ε), with optional momentum."""
