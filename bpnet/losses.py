@@ -241,7 +241,11 @@ class FocalLoss(_Categorical):
         mod = one_minus ** g
         denom = a.sum()
         loss = float(-(a * mod * logpt).sum() / denom)
-        dmod = g * one_minus ** (g - 1) if g != 0 else xp.zeros_like(pt)
+        # γ(1-p_t)^{γ-1} p_t log p_t → 0 as p_t → 1 (log p_t ≈ -(1-p_t)), but for γ < 1 the
+        # power alone is 0^{negative} = inf at a saturated p_t = 1: take the limit 0 there.
+        sat = one_minus <= 0
+        dmod = xp.where(sat, 0.0, g * xp.where(sat, 1.0, one_minus) ** (g - 1)) if g != 0 \
+            else xp.zeros_like(pt)
         coef = a * (dmod * pt * logpt - mod) / denom          # (N,)
         grad = -coef[:, None] * p
         grad[rows, y] += coef
