@@ -29,8 +29,8 @@ def clip_grad_norm(target, max_norm: float, error_if_nonfinite: bool = False) ->
     """
     bk, grads = _grad_arrays(target)
     if len(grads) == 1:
-        norm = bk.clip_norm_(grads[0], float(max_norm)) if math.isfinite(bk.sum_squares(grads[0])) \
-            else float("nan")
+        sq = bk.sum_squares(grads[0])
+        norm = bk.clip_norm_(grads[0], float(max_norm)) if math.isfinite(sq) else math.sqrt(sq)
     else:
         norm = math.sqrt(sum(bk.sum_squares(g) for g in grads))
         factor = max_norm / (norm + 1e-6)

@@ -68,7 +68,7 @@ class Optimizer:
         bk = self.model.backend if self.model is not None else None
         out = {"t": np.asarray(self.t), "lr": np.asarray(self.lr)}
         for k, v in self.state.items():
-            out[k] = bk.to_numpy(v) if bk is not None else np.asarray(v)
+            out[k] = np.array(bk.to_numpy(v) if bk is not None else v)   # a copy: a snapshot, not a view
         return out
 
     def load_state_dict(self, state: dict):
@@ -77,7 +77,8 @@ class Optimizer:
         for k in self.state_names:
             if k in state:
                 arr = state[k]
-                self.state[k] = self.model.backend.asarray(arr, dtype=self.model.flat_params.dtype) \
+                # copy: two optimizers loaded from one state dict must not share their moments
+                self.state[k] = self.model.backend.asarray(np.array(arr, dtype=self.model.flat_params.dtype)) \
                     if self.model is not None else np.array(arr)
 
     def __repr__(self):
