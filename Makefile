@@ -8,7 +8,7 @@ PIP    := $(PY) -m pip
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet -e ".[dev]"
+	$(PIP) install --quiet -e ".[dev,mpi]"
 	touch $@
 
 demo: $(VENV)/.installed
