@@ -1,0 +1,309 @@
+"""The Numba backend: NumPy arrays, fused CPU kernels from ``bpnet.kernels``.
+
+Every method keeps the signature, return value and in-place effects of the
+:class:`NumpyBackend` method it overrides, and computes the same formula in one
+compiled sweep instead of several array expressions (see the docstring of
+``kernels/numba_kernels.py`` for the compilation choices).  Matrix products
+stay on BLAS through ``numpy.matmul``.
+
+The kernels take C-contiguous float32/float64 arrays of one dtype.  Anything
+else (strided views, float16, mixed dtypes, empty arrays) goes to the NumPy
+reference, so a caller never has to care which path ran.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+
+from bpnet.kernels import numba_kernels as K
+
+from ..errors import LabelError, ShapeError
+from .numpy_backend import NumpyBackend
+
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+# Exponent bits of each float width: a value is NaN/Inf iff all are set.
+_EXP_BITS = {np.dtype(np.float32): (np.uint32, np.uint32(0x7F800000)),
+             np.dtype(np.float64): (np.uint64, np.uint64(0x7FF0000000000000))}
+_FINITE_BLOCK = 4096        # elements scanned between early-exit tests
+# Activations computed wholly in a kernel; the others (elu, sigmoid, tanh) run
+# their exp/expm1/tanh through NumPy's vectorised ufunc between two kernels.
+_ARITHMETIC = (K.IDENTITY, K.RELU, K.LEAKY_RELU)
+_UFUNC = {K.SIGMOID: np.exp, K.ELU: np.expm1}
+
+
+def _plain(*arrays):
+    """True when every array is a C-contiguous ndarray of one float32/64 dtype."""
+    first = arrays[0]
+    if not isinstance(first, np.ndarray) or first.dtype not in _FLOATS:
+        return False
+    for a in arrays:
+        if not (isinstance(a, np.ndarray) and a.dtype == first.dtype
+                and a.flags.c_contiguous):
+            return False
+    return True
+
+
+def _writable(*arrays):
+    return all(a.flags.writeable for a in arrays)
+
+
+def _same_shape(*arrays):
+    return all(a.shape == arrays[0].shape for a in arrays)
+
+
+def _flat(a):
+    """1-D view of a C-contiguous array (no copy)."""
+    return a.reshape(-1)
+
+
+class NumbaBackend(NumpyBackend):
+    name = "numba"
+
+    # -- dense layer ----------------------------------------------------------
+    def linear_forward(self, x, W, b, out=None):
+        """y = x W + b: BLAS product (numpy.matmul), then the bias in one pass.
+
+        Folding the bias into the product (SciPy's sgemm with beta=1 over a
+        bias-filled output) measured slower: SciPy's wrapper costs more than
+        the pass it saves, and SciPy ships its own OpenBLAS, whose threads
+        then compete with NumPy's.
+        """
+        y = np.matmul(x, W, out=out)
+        if y.ndim >= 1 and _plain(y, b) and b.ndim == 1 and y.shape[-1] == b.shape[0] \
+                and y.size and _writable(y):
+            K.bias_act_forward(y.reshape(-1, b.shape[0]), b, K.IDENTITY, 0.0)
+        else:
+            y += b
+        return y
+
+    def linear_backward(self, x, W, dy, dW, db, need_dx=True):
+        """dW = xᵀ dy, db = Σ_rows dy (one kernel), dx = dy Wᵀ."""
+        np.matmul(x.T, dy, out=dW)
+        if dy.ndim == 2 and _plain(dy, db) and db.shape == dy.shape[1:] and _writable(db):
+            K.colsum(dy, db)
+        else:
+            dy.sum(axis=0, out=db)
+        return np.matmul(dy, W.T) if need_dx else None
+
+    def bias_act_forward(self, kind, z, b, alpha=0.0):
+        """z = f(z + b) in place for z (..., M) and b (M,); returns z."""
+        code = K.ACT_CODES.get(kind)
+        if code is None:
+            raise ValueError(f"unknown activation {kind!r}")
+        if not (z.ndim >= 1 and _plain(z, b) and b.ndim == 1
+                and z.shape[-1] == b.shape[0] and z.size and _writable(z)):
+            z += b
+            return self.act_forward(kind, z, alpha, out=z)
+        z2 = z.reshape(-1, b.shape[0])
+        if code in _ARITHMETIC:
+            K.bias_act_forward(z2, b, code, float(alpha))
+        elif code == K.TANH:
+            K.bias_act_forward(z2, b, K.IDENTITY, 0.0)
+            np.tanh(z, out=z)
+        else:
+            t = np.empty_like(z2)
+            K.bias_pre(z2, b, t, code)
+            _UFUNC[code](t, out=t)
+            K.act_post(_flat(z), _flat(t), code, float(alpha), True)
+        return z
+
+    # -- pointwise activations --------------------------------------------------
+    def act_forward(self, kind, z, alpha=0.0, out=None):
+        code = K.ACT_CODES.get(kind)
+        # identity is a copy and tanh is one vectorised ufunc pass already.
+        if code in (None, K.IDENTITY, K.TANH) or not _plain(z) or \
+                (out is not None and not (_plain(z, out) and _same_shape(z, out)
+                                          and _writable(out))):
+            return super().act_forward(kind, z, alpha, out)
+        if out is not None and out is not z and np.may_share_memory(z, out):
+            return super().act_forward(kind, z, alpha, out)   # partial overlap
+        zf = _flat(z)
+        if code in _ARITHMETIC:
+            if out is z:
+                K.act_forward_(zf, code, float(alpha))
+                return out
+            if out is None:
+                out = np.empty_like(z)
+            K.act_forward(zf, _flat(out), code, float(alpha))
+            return out
+        # sigmoid, elu: pre pass, NumPy's vectorised exp/expm1, post pass.
+        in_place = out is z
+        t = np.empty_like(z) if (in_place or out is None) else out
+        tf = _flat(t)
+        K.act_pre(zf, tf, code)
+        _UFUNC[code](tf, out=tf)
+        K.act_post(zf, tf, code, float(alpha), in_place)
+        return z if in_place else t
+
+    def act_backward(self, kind, y, dy, alpha=0.0, out=None):
+        code = K.ACT_CODES.get(kind)
+        if code is None or code == K.IDENTITY or not (_plain(y, dy) and _same_shape(y, dy)) or \
+                (out is not None and not (_plain(y, out) and _same_shape(y, out)
+                                          and _writable(out))):
+            return super().act_backward(kind, y, dy, alpha, out)
+        if out is None:
+            out, dest = np.empty_like(y), K.TO_OUT
+        elif out is dy:
+            dest = K.TO_DY
+        elif out is y:
+            dest = K.TO_Y
+        elif np.may_share_memory(out, y) or np.may_share_memory(out, dy):
+            return super().act_backward(kind, y, dy, alpha, out)   # partial overlap
+        else:
+            dest = K.TO_OUT
+        K.act_backward(_flat(y), _flat(dy), _flat(out), code, float(alpha), dest)
+        return out
+
+    # -- softmax cross-entropy ----------------------------------------------------
+    def softmax_cross_entropy(self, z, q, class_weights=None):
+        if not (z.ndim == 2 and z.size and _plain(z, q) and _same_shape(z, q)):
+            return super().softmax_cross_entropy(z, q, class_weights)
+        w = self._class_weights(class_weights, z)
+        if w is None:
+            return super().softmax_cross_entropy(z, q, class_weights)
+        s = np.empty_like(z)
+        K.xent_shift(z, s)
+        dz = np.exp(s)
+        loss = K.xent_finish(s, dz, q, w)
+        return float(loss), dz
+
+    def softmax_cross_entropy_labels(self, z, y, class_weights=None, label_smoothing=0.0):
+        """Loss and dz for integer labels y (N,), as softmax_cross_entropy with
+        q = (1-ε)·onehot(y) + ε/C (ε = label_smoothing), without building q."""
+        y = np.asarray(y)
+        if z.ndim != 2:
+            raise ShapeError("softmax_cross_entropy_labels: logits must be (N, C), "
+                             f"got shape {z.shape}")
+        n, c = z.shape
+        if y.shape != (n,) or y.dtype.kind not in "iu":
+            raise LabelError(
+                f"softmax_cross_entropy_labels: labels must be integers of shape ({n},), "
+                f"got dtype {y.dtype} and shape {y.shape}; pass class indices 0..{c - 1}")
+        eps = float(label_smoothing)
+        w = self._class_weights(class_weights, z) if z.size else None
+        if not (_plain(z) and z.size) or w is None:
+            _check_labels(y, c)
+            q = np.full((n, c), eps / c)
+            q[np.arange(n), y] += 1.0 - eps
+            return super().softmax_cross_entropy(z, q.astype(z.dtype), class_weights)
+        if y.dtype not in (np.dtype(np.int64), np.dtype(np.int32)):
+            y = y.astype(np.int64)
+        s = np.empty_like(z)
+        K.xent_shift(z, s)
+        dz = np.exp(s)
+        loss, bad = K.xent_finish_labels(s, dz, np.ascontiguousarray(y), w, eps)
+        if bad >= 0:
+            _check_labels(y, c)
+        return float(loss), dz
+
+    @staticmethod
+    def _class_weights(class_weights, z):
+        """Class weights as a contiguous (C,) array of z's dtype (ones when None),
+        or None when they do not fit the kernel."""
+        c = z.shape[1]
+        if class_weights is None:
+            return np.ones(c, dtype=z.dtype)
+        w = np.asarray(class_weights)
+        if w.shape != (c,):
+            return None
+        return np.ascontiguousarray(w, dtype=z.dtype)
+
+    # -- reductions used by clipping and diagnostics ------------------------------
+    def sum_squares(self, x):
+        if not _plain(x):
+            return super().sum_squares(x)
+        return float(K.sum_squares(_flat(x)))
+
+    def all_finite(self, x):
+        if not _plain(x):
+            return super().all_finite(x)
+        utype, mask = _EXP_BITS[x.dtype]
+        return not K.has_nonfinite(_flat(x).view(utype), mask, _FINITE_BLOCK)
+
+    def clip_grad_norm_(self, x, max_norm):
+        """Return ‖x‖₂ and, when it exceeds max_norm, scale x in place by
+        max_norm / (‖x‖ + 1e-6) (PyTorch's coefficient); one kernel call."""
+        if not (_plain(x) and _writable(x)):
+            norm = math.sqrt(self.sum_squares(x))
+            if norm > max_norm:
+                self.scale_(x, max_norm / (norm + 1e-6))
+            return norm
+        return float(K.clip_grad_norm(_flat(x), float(max_norm)))
+
+    # -- optimizer updates over a flat parameter buffer ---------------------------
+    def sgd_step(self, p, g, velocity, lr, momentum, nesterov, weight_decay):
+        state = (velocity,) if momentum else ()
+        if not self._fused(p, g, *state):
+            return super().sgd_step(p, g, velocity, lr, momentum, nesterov, weight_decay)
+        vel = _flat(velocity) if momentum else _flat(p)     # p: unused placeholder
+        K.sgd_step(_flat(p), _flat(g), vel, float(lr), float(momentum),
+                   bool(nesterov), float(weight_decay))
+
+    def adam_step(self, p, g, m, v, lr, beta1, beta2, eps, weight_decay, t, decoupled):
+        if not self._fused(p, g, m, v):
+            return super().adam_step(p, g, m, v, lr, beta1, beta2, eps, weight_decay,
+                                     t, decoupled)
+        # The scalar coefficients, computed in Python floats as the reference does.
+        K.adam_step(_flat(p), _flat(g), _flat(m), _flat(v),
+                    float(beta1), float(1 - beta1), float(beta2), float(1 - beta2),
+                    float(lr / (1 - beta1 ** t)), float(1 - beta2 ** t), float(eps),
+                    float(weight_decay), float(1 - lr * weight_decay), bool(decoupled))
+
+    def rmsprop_step(self, p, g, sq, velocity, lr, alpha, eps, momentum, weight_decay):
+        state = (velocity,) if momentum else ()
+        if not self._fused(p, g, sq, *state):
+            return super().rmsprop_step(p, g, sq, velocity, lr, alpha, eps, momentum,
+                                        weight_decay)
+        vel = _flat(velocity) if momentum else _flat(p)     # p: unused placeholder
+        K.rmsprop_step(_flat(p), _flat(g), _flat(sq), vel, float(lr), float(alpha),
+                       float(1 - alpha), float(eps), float(momentum), float(weight_decay))
+
+    @staticmethod
+    def _fused(p, *others):
+        """p and its gradient/state arrays fit the flat-buffer kernels."""
+        arrays = (p,) + others
+        return _plain(*arrays) and _same_shape(*arrays) and \
+            _writable(p, *others[1:])
+
+    # -- compilation ----------------------------------------------------------------
+    def warmup(self, dtype=np.float32):
+        """Call every kernel once on tiny arrays of ``dtype`` so that Numba
+        compiles (or loads from its cache) each one; return the seconds taken.
+
+        This is the first-call cost a training run pays once per process.
+        """
+        dt = np.dtype(dtype)
+        start = time.perf_counter()
+        z = np.linspace(-2, 2, 12, dtype=dt).reshape(3, 4)
+        b = np.ones(4, dt)
+        self.linear_forward(z, np.eye(4, dtype=dt), b, out=np.empty_like(z))
+        self.linear_backward(z, np.eye(4, dtype=dt), z, np.empty((4, 4), dt),
+                             np.empty(4, dt))
+        for kind in K.ACT_CODES:
+            y = self.act_forward(kind, z, 0.1)
+            self.bias_act_forward(kind, z.copy(), b, 0.1)
+            self.act_backward(kind, y, z, 0.1)
+        q = np.full_like(z, 0.25)
+        self.softmax_cross_entropy(z, q)
+        self.softmax_cross_entropy_labels(z, np.array([0, 1, 3]))
+        p = np.ones(8, dt)
+        g, s1, s2 = np.full_like(p, 0.1), np.zeros_like(p), np.zeros_like(p)
+        self.sgd_step(p, g, s1, 0.1, 0.9, True, 0.01)
+        self.adam_step(p, g, s1, s2, 0.1, 0.9, 0.999, 1e-8, 0.01, 1, True)
+        self.rmsprop_step(p, g, s1, s2, 0.1, 0.99, 1e-8, 0.9, 0.01)
+        self.sum_squares(p)
+        self.all_finite(p)
+        self.clip_grad_norm_(p, 1.0)
+        return time.perf_counter() - start
+
+
+def _check_labels(y, c):
+    """Raise LabelError naming the first label outside [0, c)."""
+    bad = np.flatnonzero((y < 0) | (y >= c))
+    if bad.size:
+        i = int(bad[0])
+        raise LabelError(
+            f"softmax cross-entropy: label {int(y[i])} at row {i} is outside 0..{c - 1} "
+            f"for {c} classes; check the labels or the size of the output layer")
