@@ -9,6 +9,7 @@ from . import data, init
 from .backends import available_backends, get_backend
 from .callbacks import Callback
 from .clip import clip_grad_norm, clip_grad_value
+from .distributed import DistributedTrainer
 from .errors import (BackendError, BpnetError, CheckpointError, ConfigError, DataError, GradcheckError,
                      LabelError, NonFiniteError, NotBuiltError, ShapeError)
 from .gradcheck import GradcheckReport, gradcheck
@@ -18,6 +19,8 @@ from .layers import (ELU, BatchNorm1d, Dense, Dropout, Flatten, Identity, Layer,
                      Sigmoid, Softmax, Tanh)
 from .losses import MAE, MSE, BCEWithLogits, CrossEntropy, FocalLoss, Loss
 from .model import Sequential
+from . import doctor
+from .doctor import Monitor, detect_anomaly
 from .optim import SGD, Adam, AdamW, Optimizer, RMSProp
 
 __version__ = "0.1.0"
@@ -28,7 +31,8 @@ __all__ = [
     "Loss", "MSE", "MAE", "CrossEntropy", "BCEWithLogits", "FocalLoss",
     "Optimizer", "SGD", "Adam", "AdamW", "RMSProp", "clip_grad_norm", "clip_grad_value",
     "gradcheck", "GradcheckReport", "History", "Callback", "calculate_gain", "init", "data",
-    "get_backend", "available_backends",
+    "get_backend", "available_backends", "DistributedTrainer",
     "BpnetError", "ShapeError", "LabelError", "DataError", "ConfigError", "NotBuiltError", "BackendError",
     "GradcheckError", "NonFiniteError", "CheckpointError", "__version__",
+    "doctor", "Monitor", "detect_anomaly",
 ]

@@ -187,8 +187,18 @@ class Sequential(Layer):
 
     def fit(self, X, y, epochs: int = 1, batch_size: int = 32, validation_data=None,
             validation_split: float = 0.0, shuffle: bool = True, callbacks=None, verbose: int = 1,
-            initial_epoch: int = 0) -> History:
-        """Train for ``epochs`` passes over (X, y); returns the :class:`History`."""
+            initial_epoch: int = 0, distributed=False) -> History:
+        """Train for ``epochs`` passes over (X, y); returns the :class:`History`.
+
+        ``distributed=True`` (or an mpi4py communicator) trains data-parallel over
+        MPI ranks, with ``batch_size`` per rank: see :mod:`bpnet.distributed`.
+        """
+        if distributed:
+            from .distributed import DistributedTrainer
+            trainer = DistributedTrainer(self, comm=None if distributed is True else distributed)
+            return trainer.fit(X, y, epochs=epochs, batch_size=batch_size, validation_data=validation_data,
+                               validation_split=validation_split, shuffle=shuffle, callbacks=callbacks,
+                               verbose=verbose, initial_epoch=initial_epoch)
         self._require_compiled()
         X, y = self._prepare(X, y)
         if validation_split and validation_data is None:
