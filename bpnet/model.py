@@ -104,6 +104,12 @@ class Sequential(Layer):
             owner.params[key] = view
             owner.grads[key] = self.flat_grads[start:stop].reshape(p.shape)
 
+    def _input_mismatch(self, shape) -> str:
+        dims = ", ".join(map(str, self.input_shape))
+        return (f"{self.name}: its first layer '{self.layers[0].name}' was built for inputs of shape "
+                f"(batch, {dims}) but got {shape}; pass samples of shape {self.input_shape}, as in the "
+                "data the model was built or trained on, or build a new model for this data")
+
     def _require_built(self):
         if not self.built:
             raise NotBuiltError("the model is not built yet: call model.build(input_shape), "
@@ -115,8 +121,7 @@ class Sequential(Layer):
             self.build(tuple(x.shape[1:]))
         x = self.backend.asarray(x, dtype=self.dtype)
         if tuple(x.shape[1:]) != self.input_shape:
-            raise ShapeError(f"{self.name}: built for inputs of shape (batch, {', '.join(map(str, self.input_shape))}) "
-                             f"but got {tuple(x.shape)}")
+            raise ShapeError(self._input_mismatch(tuple(x.shape)))
         for layer in self.layers:
             x = layer.forward(x, training)
         return x
@@ -170,8 +175,7 @@ class Sequential(Layer):
         if not self.built:
             self.build(X.shape[1:])
         if tuple(X.shape[1:]) != self.input_shape:
-            raise ShapeError(f"{self.name}: built for samples of shape {self.input_shape} "
-                             f"but X has samples of shape {tuple(X.shape[1:])}")
+            raise ShapeError(self._input_mismatch(tuple(X.shape)))
         if y is not None:
             self.loss.check_target(y, int(np.prod(self.output_shape)))
             if self.loss.kind == "regression" or y.ndim == 2:
