@@ -222,7 +222,7 @@ class NumbaBackend(NumpyBackend):
         utype, mask = _EXP_BITS[x.dtype]
         return not K.has_nonfinite(_flat(x).view(utype), mask, _FINITE_BLOCK)
 
-    def clip_grad_norm_(self, x, max_norm):
+    def clip_norm_(self, x, max_norm):
         """Return ‖x‖₂ and, when it exceeds max_norm, scale x in place by
         max_norm / (‖x‖ + 1e-6) (PyTorch's coefficient); one kernel call."""
         if not (_plain(x) and _writable(x)):
@@ -295,7 +295,7 @@ class NumbaBackend(NumpyBackend):
         self.rmsprop_step(p, g, s1, s2, 0.1, 0.99, 1e-8, 0.9, 0.01)
         self.sum_squares(p)
         self.all_finite(p)
-        self.clip_grad_norm_(p, 1.0)
+        self.clip_norm_(p, 1.0)
         return time.perf_counter() - start
 
 

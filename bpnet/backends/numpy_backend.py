@@ -80,6 +80,11 @@ class NumpyBackend:
             return xp.tanh(z, out=out)
         raise ValueError(f"unknown activation {kind!r}")
 
+    def bias_act_forward(self, kind, z, b, alpha=0.0):
+        """z ← f(z + b) in place (z is a fresh x W product), returns z."""
+        z += b
+        return self.act_forward(kind, z, alpha, out=z)
+
     def act_backward(self, kind, y, dy, alpha=0.0, out=None):
         """dz = dy ⊙ f'(z), with f'(z) written in terms of the output y = f(z)."""
         xp = self.xp
