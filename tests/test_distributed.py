@@ -1,0 +1,143 @@
+"""Data-parallel training over MPI: 2 ranks must train exactly like 1 process with twice the batch.
+
+The MPI runs are real: ``mpiexec -n 2 python tests/mpi_scripts/<script>.py TMPDIR``
+in a subprocess (with a timeout), the script writing an ``.npz`` that is compared
+here with an in-process single-process run of the same recipe
+(``tests/mpi_scripts/mpi_common.py``).
+"""
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bpnet.distributed import _shard
+
+SCRIPTS = Path(__file__).parent / "mpi_scripts"
+sys.path.insert(0, str(SCRIPTS))
+from mpi_common import PER_RANK_BATCH, flat, make_data, make_model  # noqa: E402
+
+
+def _find_mpiexec():
+    here = Path(sys.executable).parent          # the mpich wheel installs mpiexec beside python
+    for name in ("mpiexec", "mpirun"):
+        if (here / name).exists():
+            return str(here / name)
+    return shutil.which("mpiexec") or shutil.which("mpirun")
+
+
+MPIEXEC = _find_mpiexec()
+needs_mpi = pytest.mark.skipif(
+    importlib.util.find_spec("mpi4py") is None or MPIEXEC is None,
+    reason="needs mpi4py and an mpiexec launcher: pip install 'bpnet[mpi]' (mpi4py + the mpich wheel)")
+
+
+def run_mpi(script, n, *args, timeout=60):
+    """Launch ``script`` on ``n`` ranks; return (returncode, combined output, seconds)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1",
+               PYTHONUNBUFFERED="1")
+    cmd = [MPIEXEC, "-n", str(n), sys.executable, str(SCRIPTS / script), *map(str, args)]
+    start = time.monotonic()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    return proc.returncode, proc.stdout + proc.stderr, time.monotonic() - start
+
+
+# ----------------------------------------------------------------------------- equivalence
+CONFIGS = [("float64", "adam", 1e-12, 1e-12), ("float32", "adam", 2e-5, 2e-6), ("float64", "sgd", 1e-12, 1e-12)]
+
+
+@pytest.fixture(scope="module")
+def two_rank_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("mpi_equivalence")
+    rc, log, _ = run_mpi("equivalence.py", 2, out)
+    assert rc == 0, log
+    with np.load(out / "equivalence.npz") as npz:
+        return {k: npz[k] for k in npz.files}
+
+
+@needs_mpi
+@pytest.mark.parametrize("dtype,opt,rtol,atol", CONFIGS)
+def test_two_ranks_match_one_process_with_twice_the_batch(two_rank_run, dtype, opt, rtol, atol):
+    X, y = make_data()
+    Xv, yv = make_data(n=37, seed=1)
+    model = make_model(dtype, opt)
+    history = model.fit(X, y, epochs=3, batch_size=2 * PER_RANK_BATCH, validation_data=(Xv, yv), verbose=0)
+    key = f"{dtype}_{opt}"
+    assert int(two_rank_run["size"]) == 2
+    np.testing.assert_allclose(two_rank_run[f"{key}_params"], flat(model), rtol=rtol, atol=atol)
+    # the logged numbers are those of all ranks together, equal to the single-process ones
+    for name in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        np.testing.assert_allclose(two_rank_run[f"{key}_{name}"], history.history[name],
+                                   rtol=max(rtol, 1e-7), atol=atol, err_msg=name)
+
+
+@needs_mpi
+def test_replicas_stay_identical_after_a_different_start(two_rank_run):
+    # rank 1 started from other weights; the initial broadcast made it rank 0's copy
+    assert float(two_rank_run["replica_spread"]) == 0.0
+
+
+# ----------------------------------------------------------------------------- faults
+@needs_mpi
+def test_a_rank_that_raises_stops_every_rank_and_is_named(tmp_path):
+    rc, log, seconds = run_mpi("fault.py", 2, tmp_path, "raise", timeout=60)
+    assert rc != 0, log
+    assert seconds < 30, f"the failed run took {seconds:.1f} s to end"
+    assert "rank 1 of 2 failed during epoch 1, batch 3" in log, log
+    assert "RuntimeError: injected failure at step 3" in log, log
+    assert not list(tmp_path.glob("finished-rank*")), "a rank went on training after its peer failed"
+
+
+@needs_mpi
+def test_a_stalled_rank_is_caught_by_the_step_timeout(tmp_path):
+    rc, log, seconds = run_mpi("fault.py", 2, tmp_path, "hang", timeout=60)
+    assert rc != 0, log
+    assert seconds < 30, f"the stalled run took {seconds:.1f} s to end (step_timeout is 2 s)"
+    assert "made no progress for" in log and "step_timeout=2.0" in log, log
+    assert not list(tmp_path.glob("finished-rank*"))
+
+
+# ----------------------------------------------------------------------------- resume
+@needs_mpi
+def test_resume_on_one_rank_from_a_two_rank_checkpoint(tmp_path):
+    rc, log, _ = run_mpi("resume.py", 2, tmp_path, "train")
+    assert rc == 0, log
+    assert (tmp_path / "ckpt.npz").exists()
+    rc, log, _ = run_mpi("resume.py", 1, tmp_path, "resume")
+    assert rc == 0, log
+    with np.load(tmp_path / "resumed.npz") as npz:
+        params, loss, size = npz["params"], npz["loss"], int(npz["size"])
+    assert size == 1
+    # 2 epochs on 2 ranks (batch 16 each) + 2 epochs on 1 rank (batch 32) == 4 epochs on 1 rank
+    X, y = make_data()
+    model = make_model()
+    history = model.fit(X, y, epochs=4, batch_size=2 * PER_RANK_BATCH, verbose=0)
+    np.testing.assert_allclose(params, flat(model), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(loss, history.history["loss"][2:], rtol=1e-12)
+
+
+# ----------------------------------------------------------------------------- without MPI
+@pytest.mark.parametrize("m,size", [(13, 2), (32, 2), (5, 3), (1, 4), (0, 2)])
+def test_shards_cover_a_batch_once_and_differ_by_at_most_one(m, size):
+    parts = [_shard(m, size, r) for r in range(size)]
+    starts = [s for s, _ in parts]
+    counts = [c for _, c in parts]
+    assert sum(counts) == m and max(counts) - min(counts) <= 1
+    assert starts == [sum(counts[:r]) for r in range(size)]
+
+
+def test_missing_mpi4py_gives_an_install_hint(monkeypatch):
+    from bpnet.data import MissingDependencyError
+    from bpnet.distributed import DistributedTrainer, mpi_available
+    monkeypatch.setitem(sys.modules, "mpi4py", None)     # makes `import mpi4py` raise ImportError
+    assert not mpi_available()
+    model = make_model()
+    with pytest.raises(MissingDependencyError, match=r"pip install 'bpnet\[mpi\]'"):
+        DistributedTrainer(model)
+    with pytest.raises(MissingDependencyError, match="mpi4py"):
+        model.fit(*make_data(), epochs=1, verbose=0, distributed=True)
