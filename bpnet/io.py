@@ -60,6 +60,11 @@ def model_state(model) -> tuple[dict, dict]:
         config["optimizer"] = {"class": type(model.optimizer).__name__, "config": model.optimizer.get_config()}
         for k, v in model.optimizer.state_dict().items():
             arrays[f"optimizer/{k}"] = np.asarray(v)
+    scaler = getattr(model, "loss_scaler", None)
+    if scaler is not None:
+        config["loss_scaler"] = scaler.get_config()
+        for k, v in scaler.state_dict().items():
+            arrays[f"loss_scaler/{k}"] = np.asarray(v)
     if model.preprocessor is not None:
         config["preprocessor"] = {"class": type(model.preprocessor).__name__,
                                   "config": model.preprocessor.get_config()}
@@ -114,6 +119,13 @@ def restore_state(model, config: dict, arrays: dict):
         opt_state = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("optimizer/")}
         if opt_state:
             model.optimizer.load_state_dict(opt_state)
+    if "loss_scaler" in config and model.optimizer is not None:
+        from .mixed_precision import LossScaler
+        if getattr(model, "loss_scaler", None) is None:
+            model.loss_scaler = LossScaler(**config["loss_scaler"]).bind(model)
+        model.loss_scaler.sync_from_model()
+        model.loss_scaler.load_state_dict({k.split("/", 1)[1]: v for k, v in arrays.items()
+                                           if k.startswith("loss_scaler/")})
     if "preprocessor" in config:
         from . import data
         cls = getattr(data, config["preprocessor"]["class"])

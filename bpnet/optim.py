@@ -40,17 +40,30 @@ class Optimizer:
         if p is None:
             raise NotBuiltError("the model has no parameters yet: call model.build(input_shape) "
                                 "or run one forward pass first")
+        scaler = getattr(self.model, "loss_scaler", None)
+        if scaler is not None:              # mixed precision: update the float32 master copy
+            p, g = scaler.master_params, scaler.master_grads
         for name in self.state_names:
             s = self.state.get(name)
             if s is None or s.shape != p.shape:
                 self.state[name] = self.model.backend.zeros(p.shape, p.dtype)
+            elif s.dtype != p.dtype:
+                self.state[name] = s.astype(p.dtype)
         return p, g
 
     def step(self):
-        """Apply one update from the gradients currently in the model."""
+        """Apply one update from the gradients currently in the model.
+
+        Under mixed precision (``model.loss_scaler``) the update goes to the float32
+        master weights, from the unscaled float32 gradients, and is then rounded
+        into the float16 model.
+        """
         p, g = self._flat()
         self.t += 1
         self._update(p, g)
+        scaler = getattr(self.model, "loss_scaler", None)
+        if scaler is not None:
+            scaler.copy_to_model()
 
     def _update(self, p, g):
         raise NotImplementedError
@@ -67,6 +80,8 @@ class Optimizer:
         """Arrays (host NumPy) and the step count, for checkpoints."""
         bk = self.model.backend if self.model is not None else None
         out = {"t": np.asarray(self.t), "lr": np.asarray(self.lr)}
+        if getattr(self, "initial_lr", None) is not None:     # a schedule's base lr
+            out["initial_lr"] = np.asarray(self.initial_lr)
         for k, v in self.state.items():
             out[k] = np.array(bk.to_numpy(v) if bk is not None else v)   # a copy: a snapshot, not a view
         return out
@@ -74,6 +89,8 @@ class Optimizer:
     def load_state_dict(self, state: dict):
         self.t = int(state["t"])
         self.lr = float(state["lr"])
+        if "initial_lr" in state:
+            self.initial_lr = float(state["initial_lr"])
         for k in self.state_names:
             if k in state:
                 arr = state[k]
