@@ -304,8 +304,10 @@ class DistributedTrainer:
         lo = self.allreduce_scalars(fp, self.MPI.MIN)
         hi = self.allreduce_scalars(fp, self.MPI.MAX)
         if not np.allclose(lo, hi, rtol=1e-9, atol=0.0):
-            raise DataError(f"the ranks hold different data sets (sizes {int(lo[0])}..{int(hi[0])}); "
-                            "every rank must load the same full (X, y): bpnet shards it per step")
+            what = (f"from {int(lo[0])} to {int(hi[0])} samples" if lo[0] != hi[0]
+                    else f"{int(lo[0])} samples each, but different values")
+            raise DataError(f"the ranks hold different data sets ({what}); every rank must load the "
+                            "same full (X, y), which bpnet shards per step")
 
     def fit(self, X, y, epochs: int = 1, batch_size: int = 32, validation_data=None,
             validation_split: float = 0.0, shuffle: bool = True, callbacks=None, verbose: int = 1,

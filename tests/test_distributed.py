@@ -57,7 +57,9 @@ def two_rank_run(tmp_path_factory):
     rc, log, _ = run_mpi("equivalence.py", 2, out)
     assert rc == 0, log
     with np.load(out / "equivalence.npz") as npz:
-        return {k: npz[k] for k in npz.files}
+        results = {k: npz[k] for k in npz.files}
+    results["files"] = sorted(p.name for p in out.iterdir())
+    return results
 
 
 @needs_mpi
@@ -82,6 +84,18 @@ def test_replicas_stay_identical_after_a_different_start(two_rank_run):
     assert float(two_rank_run["replica_spread"]) == 0.0
 
 
+@needs_mpi
+def test_only_rank_0_writes_checkpoints_from_callbacks(two_rank_run):
+    assert "callback-rank0.npz" in two_rank_run["files"]
+    assert "callback-rank1.npz" not in two_rank_run["files"]
+
+
+@needs_mpi
+def test_float16_buffers_are_reduced_through_float32(two_rank_run):
+    assert two_rank_run["allreduce_float16"].dtype == np.float16
+    np.testing.assert_array_equal(two_rank_run["allreduce_float16"], np.full(5, 0.5 + 1.5, np.float16))
+
+
 # ----------------------------------------------------------------------------- faults
 @needs_mpi
 def test_a_rank_that_raises_stops_every_rank_and_is_named(tmp_path):
@@ -99,6 +113,14 @@ def test_a_stalled_rank_is_caught_by_the_step_timeout(tmp_path):
     assert rc != 0, log
     assert seconds < 30, f"the stalled run took {seconds:.1f} s to end (step_timeout is 2 s)"
     assert "made no progress for" in log and "step_timeout=2.0" in log, log
+    assert not list(tmp_path.glob("finished-rank*"))
+
+
+@needs_mpi
+def test_ranks_holding_different_data_are_refused(tmp_path):
+    rc, log, seconds = run_mpi("fault.py", 2, tmp_path, "baddata", timeout=60)
+    assert rc != 0 and seconds < 30, log
+    assert "DataError: the ranks hold different data sets" in log, log
     assert not list(tmp_path.glob("finished-rank*"))
 
 

@@ -2,6 +2,7 @@
 
     mpiexec -n 2 python tests/mpi_scripts/fault.py OUTDIR raise   # rank 1 raises at step 3
     mpiexec -n 2 python tests/mpi_scripts/fault.py OUTDIR hang    # rank 1 stalls at step 3
+    mpiexec -n 2 python tests/mpi_scripts/fault.py OUTDIR baddata # rank 1 holds other data
 """
 import os
 import sys
@@ -27,6 +28,8 @@ class Fail(Callback):
 
 
 X, y = make_data()
+if mode == "baddata" and comm.rank == FAIL_RANK:
+    X = X + 1.0                             # this rank loaded other data: sharding would mix data sets
 model = make_model()
 trainer = DistributedTrainer(model, step_timeout=2.0 if mode == "hang" else None)
 trainer.fit(X, y, epochs=3, batch_size=PER_RANK_BATCH, callbacks=[Fail()], verbose=0)
