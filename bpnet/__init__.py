@@ -19,6 +19,8 @@ from .layers import (ELU, BatchNorm1d, Dense, Dropout, Flatten, Identity, Layer,
                      Sigmoid, Softmax, Tanh)
 from .losses import MAE, MSE, BCEWithLogits, CrossEntropy, FocalLoss, Loss
 from .model import Sequential
+from . import doctor
+from .doctor import Monitor, detect_anomaly
 from .optim import SGD, Adam, AdamW, Optimizer, RMSProp
 
 __version__ = "0.1.0"
@@ -32,4 +34,5 @@ __all__ = [
     "get_backend", "available_backends", "DistributedTrainer",
     "BpnetError", "ShapeError", "LabelError", "DataError", "ConfigError", "NotBuiltError", "BackendError",
     "GradcheckError", "NonFiniteError", "CheckpointError", "__version__",
+    "doctor", "Monitor", "detect_anomaly",
 ]

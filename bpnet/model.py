@@ -1,7 +1,6 @@
 """``Sequential``: a stack of layers with Keras's training API on an explicit backward pass."""
 from __future__ import annotations
 
-import math
 import time
 
 import numpy as np
@@ -34,6 +33,8 @@ class Sequential(Layer):
     model with one kernel call.
     """
 
+    _anomaly = None   # an AnomalyChecker while NaN/Inf detection is on (see bpnet.doctor.anomaly)
+
     def __init__(self, layers=None, seed: int = 0, dtype="float32", backend=None, name=None):
         super().__init__(name or "sequential")
         self.layers: list[Layer] = list(layers or [])
@@ -54,8 +55,6 @@ class Sequential(Layer):
         self.optimizer = None
         self.metrics: list[str] = []
         self.stop_training = False
-        self.skip_step = False      # set during a step (by a callback or the loss scaler) to veto the update
-        self.loss_scaler = None     # a mixed_precision.LossScaler when compiled with one
         self.history = None
         self.preprocessor = None    # e.g. a fitted Standardizer, saved with the model
 
@@ -125,11 +124,15 @@ class Sequential(Layer):
         x = self.backend.asarray(x, dtype=self.dtype)
         if tuple(x.shape[1:]) != self.input_shape:
             raise ShapeError(self._input_mismatch(tuple(x.shape)))
+        if self._anomaly is not None:           # the same loop, checking each output for NaN/Inf
+            return self._anomaly.forward(self, x, training)
         for layer in self.layers:
             x = layer.forward(x, training)
         return x
 
     def backward(self, dy):
+        if self._anomaly is not None:
+            return self._anomaly.backward(self, dy)
         for layer in reversed(self.layers):
             dy = layer.backward(dy)
         return dy
@@ -149,17 +152,14 @@ class Sequential(Layer):
                     setattr(layer, attr, None)
 
     # -- Keras-style training ---------------------------------------------------------
-    def compile(self, loss="cross_entropy", optimizer="adam", metrics=None, loss_scaler=None):
+    def compile(self, loss="cross_entropy", optimizer="adam", metrics=None):
         """Choose the loss (name or instance), the optimizer and the metrics.
 
         ``metrics=None`` means ``["accuracy"]`` for classification losses, none otherwise.
-        ``loss_scaler`` (a :class:`bpnet.mixed_precision.LossScaler`) turns on mixed
-        precision: float16 compute, float32 master weights, dynamic loss scaling.
         """
         self.loss = get_loss(loss)
         self.loss.backend = self.backend
         self.optimizer = get_optimizer(optimizer).bind(self)
-        self.loss_scaler = None if loss_scaler is None else loss_scaler.bind(self)
         if metrics is None:
             metrics = ["accuracy"] if self.loss.kind == "classification" else []
         for m in metrics:
@@ -191,21 +191,19 @@ class Sequential(Layer):
     def train_step(self, xb, yb) -> tuple[float, object]:
         """One step of gradient descent on a batch; returns (loss, output)."""
         out = self.forward(xb, training=True)
-        scaler = self.loss_scaler
-        if scaler is None:
-            loss = self.loss.forward(out, yb)
-            self.backward(self.loss.backward())
-            return loss, out
-        # mixed precision: the loss in float32, its gradient scaled and cast to the compute dtype
-        loss = self.loss.forward(out.astype(scaler.master_dtype, copy=False), yb)
-        self.backward(scaler.scale_loss_grad(self.loss.backward()))
-        scaler.unscale_grads()          # float32 gradients; on overflow sets skip_step
+        loss = self.loss.forward(out, yb)
+        if self._anomaly is not None:
+            self._anomaly.check_loss(self, loss, out, yb)
+        self.backward(self.loss.backward())
         return loss, out
 
     def fit(self, X, y, epochs: int = 1, batch_size: int = 32, validation_data=None,
             validation_split: float = 0.0, shuffle: bool = True, callbacks=None, verbose: int = 1,
-            initial_epoch: int = 0, distributed=False) -> History:
+            initial_epoch: int = 0, distributed=False, detect_anomaly=False) -> History:
         """Train for ``epochs`` passes over (X, y); returns the :class:`History`.
+
+        ``detect_anomaly=True`` stops at the first NaN/Inf with a
+        :class:`~bpnet.errors.NonFiniteError` naming the layer, phase and rows.
 
         ``distributed=True`` (or an mpi4py communicator) trains data-parallel over
         MPI ranks, with ``batch_size`` per rank: see :mod:`bpnet.distributed`.
@@ -234,6 +232,10 @@ class Sequential(Layer):
         if first_needs_dx is not None:
             first.needs_input_grad = False          # nobody reads dL/dX: skip that matmul
         self.loss.trusted = True
+        restore_anomaly = None
+        if detect_anomaly:
+            from .doctor.anomaly import enable
+            restore_anomaly = enable(self)
         try:
             cbs.on_train_begin()
             for epoch in range(initial_epoch, epochs):
@@ -249,6 +251,8 @@ class Sequential(Layer):
             cbs.on_train_end()
         finally:
             self.loss.trusted = False
+            if restore_anomaly is not None:
+                restore_anomaly()
             if first_needs_dx is not None:
                 first.needs_input_grad = first_needs_dx
         return history
@@ -262,23 +266,21 @@ class Sequential(Layer):
             yb_dev = self.backend.asarray(yb)
             loss, out = self.train_step(xb, yb_dev)
             cbs.on_backward_end(i, {"loss": loss})
-            skipped, self.skip_step = self.skip_step, False
-            if not skipped:
-                self.optimizer.step()
+            self.optimizer.step()
+            if self._anomaly is not None:
+                self._anomaly.check_update(self)
             n = len(xb)
-            if not (skipped and not math.isfinite(loss)):    # a rolled-back bad batch is not counted
-                total_loss += loss * n
-                seen += n
-                if want_acc:
-                    correct += int((self.loss.predict_labels(out).ravel() ==
-                                    self.loss.true_labels(yb_dev).ravel()).sum())
-            cbs.on_batch_end(i, {"loss": loss, "size": n, "skipped": skipped})
+            total_loss += loss * n
+            seen += n
+            if want_acc:
+                correct += int((self.loss.predict_labels(out).ravel() ==
+                                self.loss.true_labels(yb_dev).ravel()).sum())
+            cbs.on_batch_end(i, {"loss": loss, "size": n})
             if self.stop_training:
                 break
         logs = {"loss": total_loss / max(seen, 1)}
         if want_acc:
             logs["accuracy"] = correct / max(seen, 1)
-        logs["lr"] = float(self.optimizer.lr)
         logs["time"] = time.perf_counter() - start
         return logs
 
@@ -292,8 +294,6 @@ class Sequential(Layer):
             for i in range(0, len(X), batch_size):
                 xb, yb = X[i:i + batch_size], self.backend.asarray(y[i:i + batch_size])
                 out = self.forward(xb, training=False)
-                if self.loss_scaler is not None:      # mixed precision: the loss in float32
-                    out = out.astype(self.loss_scaler.master_dtype, copy=False)
                 total += self.loss.forward(out, yb) * len(xb)
                 if "accuracy" in self.metrics:
                     correct += int((self.loss.predict_labels(out).ravel() ==

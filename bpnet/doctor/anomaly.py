@@ -1,0 +1,298 @@
+"""Anomaly mode: stop at the first NaN or Inf and say where it came from.
+
+With ``model.fit(..., detect_anomaly=True)``, or inside ``with
+bpnet.detect_anomaly():`` for a hand-written loop, every layer's forward
+output, every gradient of the backward pass, the loss and (in ``fit``) the
+parameters after each optimizer step are checked with the backend's
+``all_finite``.  The first non-finite value raises
+:class:`~bpnet.errors.NonFiniteError` whose message and attributes say
+
+* ``phase``: ``"forward"``, ``"loss"``, ``"backward"`` or ``"update"``;
+* ``layer_index`` (top-level position in ``model.layers``), ``layer_path``
+  (``"3.0.1"`` inside containers), ``layer_name``, ``layer_class``;
+* ``operation``: the computation that produced it, e.g. ``"Dense forward x@W+b"``;
+* ``rows``: the batch rows holding a non-finite value;
+* ``data_to_blame``: True when the input batch itself was already non-finite.
+
+Because the checks run in order, the first failure is the origin: the layer
+whose *input* was finite but whose *output* is not.  Locating rows and
+culprit parameters costs extra work only after a check has failed.
+
+How it hooks in: ``Sequential.forward`` / ``backward`` hand their loop to
+``model._anomaly`` when it is set (an instance attribute in ``fit``, the
+class attribute inside ``detect_anomaly()``); when it is None they run their
+plain loop, so anomaly mode costs nothing when it is off.
+"""
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+
+import numpy as np
+
+from ..errors import NonFiniteError
+
+_SHOWN_ROWS = 10
+
+# What each layer computes, for the error message: (forward, backward).
+OPERATIONS = {
+    "Dense": ("x@W+b", "dW=x.T@dy, db=sum(dy), dx=dy@W.T"),
+    "Identity": ("y=z", "dz=dy"),
+    "ReLU": ("max(z,0)", "dz=dy*(y>0)"),
+    "LeakyReLU": ("z if z>0 else a*z", "dz=dy if y>0 else a*dy"),
+    "ELU": ("z if z>0 else a*(exp(z)-1)", "dz=dy if y>0 else dy*(y+a)"),
+    "Sigmoid": ("1/(1+exp(-z))", "dz=dy*y*(1-y)"),
+    "Tanh": ("tanh(z)", "dz=dy*(1-y^2)"),
+    "Softmax": ("exp(z-max)/sum(exp(z-max))", "dz=y*(dy-sum(dy*y))"),
+    "BatchNorm1d": ("(x-mean)/sqrt(var+eps)*gamma+beta", "dx=s/N*(N*g-sum(g)-x_hat*sum(g*x_hat))"),
+    "Dropout": ("x*mask", "dx=dy*mask"),
+    "Flatten": ("reshape", "reshape"),
+    "Residual": ("x+F(x)", "dx=dy+F.backward(dy)"),
+    "Sequential": ("layers in order", "layers in reverse"),
+}
+
+
+def operation(layer, phase: str) -> str:
+    """``"Dense forward x@W+b"``: the class, the phase and the formula (if known)."""
+    cls = type(layer).__name__
+    formulas = OPERATIONS.get(cls)
+    if formulas is None:
+        for base in type(layer).__mro__[1:]:
+            formulas = OPERATIONS.get(base.__name__)
+            if formulas is not None:
+                break
+    formula = formulas[0 if phase == "forward" else 1] if formulas else ""
+    return f"{cls} {phase} {formula}".rstrip()
+
+
+def bad_rows(bk, a) -> list[int]:
+    """Batch rows of ``a`` (axis 0) that hold a NaN or Inf."""
+    a = np.asarray(bk.to_numpy(a))
+    if a.ndim == 0:
+        return [] if np.isfinite(a) else [0]
+    return np.flatnonzero(~np.isfinite(a.reshape(a.shape[0], -1)).all(axis=1)).tolist()
+
+
+def nonfinite_kind(bk, a) -> str:
+    """``"NaN"``, ``"Inf"`` or ``"NaN and Inf"``."""
+    a = np.asarray(bk.to_numpy(a))
+    has_nan, has_inf = bool(np.isnan(a).any()), bool(np.isinf(a).any())
+    return "NaN and Inf" if has_nan and has_inf else ("NaN" if has_nan else "Inf")
+
+
+def _rows_text(rows) -> str:
+    shown = rows[:_SHOWN_ROWS]
+    more = f" (and {len(rows) - _SHOWN_ROWS} more)" if len(rows) > _SHOWN_ROWS else ""
+    return f"{shown}{more}"
+
+
+def _bad_params(bk, layer) -> list[str]:
+    """Descriptions of the layer's non-finite parameters, e.g. ``"W (3 Inf)"``."""
+    out = []
+    for name, owner, key in layer.named_parameters():
+        p = owner.params[key]
+        if not bk.all_finite(p):
+            pn = np.asarray(bk.to_numpy(p))
+            n_nan, n_inf = int(np.isnan(pn).sum()), int(np.isinf(pn).sum())
+            parts = ([f"{n_nan} NaN"] if n_nan else []) + ([f"{n_inf} Inf"] if n_inf else [])
+            out.append(f"{name} ({', '.join(parts)})")
+    return out
+
+
+def _error(message, *, phase, layer_index=None, layer_path=None, layer=None, op="", rows=(),
+           kind="NaN", data_to_blame=False) -> NonFiniteError:
+    err = NonFiniteError(message)
+    err.phase = phase
+    err.layer_index = layer_index
+    err.layer_path = layer_path
+    err.layer_name = getattr(layer, "name", None)
+    err.layer_class = type(layer).__name__ if layer is not None else None
+    err.operation = op
+    err.rows = list(rows)
+    err.kind = kind
+    err.data_to_blame = data_to_blame
+    return err
+
+
+class AnomalyChecker:
+    """Runs a model's forward/backward loop with a finiteness check after every layer."""
+
+    def __init__(self):
+        self._path: list[int] = []          # position inside nested Sequentials
+
+    # -- forward ----------------------------------------------------------------------
+    def forward(self, model, x, training):
+        bk = model.backend
+        path = self._path
+        for i, layer in enumerate(model.layers):
+            path.append(i)
+            try:
+                y = layer.forward(x, training)
+                if not bk.all_finite(y):
+                    raise self._forward_error(bk, layer, x, y)
+            finally:
+                path.pop()
+            x = y
+        return x
+
+    def _forward_error(self, bk, layer, x, y):
+        kind = nonfinite_kind(bk, y)
+        where = self._where(layer)
+        op = operation(layer, "forward")
+        at_input = len(self._path) == 1 and self._path[0] == 0
+        if at_input and not bk.all_finite(x):
+            rows = bad_rows(bk, x)
+            in_kind = nonfinite_kind(bk, x)
+            return _error(
+                f"{in_kind} in the forward pass at {where}: the input batch already contains {in_kind} "
+                f"in rows {_rows_text(rows)}: the data is to blame. Drop or impute those samples "
+                "(bpnet.doctor.check_data(X) lists every such row).",
+                phase="forward", layer=layer, op=op, rows=rows, kind=in_kind, data_to_blame=True,
+                **self._index())
+        rows = bad_rows(bk, y)
+        cause = ""
+        params = _bad_params(bk, layer)
+        if params:
+            cause = (f" Its parameters are already non-finite: {', '.join(params)}; an earlier "
+                     "update or a bad initialisation/load put them there.")
+        elif np.isfinite(np.asarray(bk.to_numpy(x))).all():
+            amax = float(np.abs(np.asarray(bk.to_numpy(x))).max()) if x.size else 0.0
+            cause = (f" Its input was finite (max |x| = {amax:.3g}) and so are its parameters, so this "
+                     "operation overflowed or divided by zero: look for large activations "
+                     "(normalise inputs, lower the learning rate) or an unguarded exp/log/division.")
+        return _error(
+            f"{kind} in the forward pass at {where}: {op} produced {kind} in batch rows "
+            f"{_rows_text(rows)}.{cause}",
+            phase="forward", layer=layer, op=op, rows=rows, kind=kind, **self._index())
+
+    # -- backward ---------------------------------------------------------------------
+    def backward(self, model, dy):
+        bk = model.backend
+        path = self._path
+        if not path and not bk.all_finite(dy):
+            rows, kind = bad_rows(bk, dy), nonfinite_kind(bk, dy)
+            loss = getattr(model, "loss", None)
+            what = f"{type(loss).__name__} backward" if loss is not None else "the loss backward"
+            raise _error(
+                f"{kind} in the gradient of the loss with respect to the model output (rows "
+                f"{_rows_text(rows)}), before the backward pass began: the loss ({what}) produced it; "
+                "check the targets of those rows and that the loss receives what it expects "
+                "(logits vs probabilities).",
+                phase="loss", layer=None, op=what, rows=rows, kind=kind)
+        for i in range(len(model.layers) - 1, -1, -1):
+            layer = model.layers[i]
+            path.append(i)
+            try:
+                dx = layer.backward(dy)
+                if dx is not None and not bk.all_finite(dx):
+                    raise self._backward_error(bk, layer, dx, "dx")
+                for name, owner, key in layer.named_parameters():
+                    if not bk.all_finite(owner.grads[key]):
+                        raise self._backward_error(bk, layer, owner.grads[key], f"d{name}")
+            finally:
+                path.pop()
+            dy = dx
+        return dy
+
+    def _backward_error(self, bk, layer, g, what):
+        kind = nonfinite_kind(bk, g)
+        op = operation(layer, "backward")
+        rows = bad_rows(bk, g) if what == "dx" else []
+        row_text = f" in batch rows {_rows_text(rows)}" if rows else ""
+        return _error(
+            f"{kind} in the backward pass at {self._where(layer)}: {op} produced {kind} in {what}{row_text}, "
+            "although the gradient it received was finite. If this is your own layer, check its "
+            "backward against bpnet.gradcheck; otherwise the forward values it kept are extreme "
+            "(lower the learning rate, clip gradients, normalise inputs).",
+            phase="backward", layer=layer, op=op, rows=rows, kind=kind, **self._index())
+
+    # -- loss and update (called by fit) ------------------------------------------------
+    def check_loss(self, model, value, output, target):
+        """Raise if the loss value or its gradient is non-finite (the output was checked)."""
+        bk = model.backend
+        grad = getattr(model.loss, "grad", None)
+        if math.isfinite(value) and (grad is None or bk.all_finite(grad)):
+            return
+        name = type(model.loss).__name__
+        if target is not None and np.asarray(bk.to_numpy(target)).dtype.kind == "f" and not bk.all_finite(target):
+            rows = bad_rows(bk, target)
+            kind = nonfinite_kind(bk, target)
+            raise _error(f"{kind} in the loss ({name}): the targets already contain {kind} in rows "
+                         f"{_rows_text(rows)}: the labels are to blame.",
+                         phase="loss", op=f"{name} forward", rows=rows, kind=kind, data_to_blame=True)
+        rows = bad_rows(bk, grad) if grad is not None else []
+        kind = "NaN" if math.isnan(value) else ("Inf" if math.isinf(value) else nonfinite_kind(bk, grad))
+        amax = float(np.abs(np.asarray(bk.to_numpy(output))).max())
+        raise _error(
+            f"{kind} in the loss ({name} forward gave {value}) although the model output was finite "
+            f"(max |output| = {amax:.3g}); rows {_rows_text(rows)}. The outputs or targets are too "
+            "large for the loss's arithmetic: scale the targets, lower the learning rate, or use a "
+            "loss that takes logits.",
+            phase="loss", op=f"{name} forward", rows=rows, kind=kind)
+
+    def check_update(self, model):
+        """Raise if the optimizer step left a parameter non-finite."""
+        bk = model.backend
+        if model.flat_params is None or bk.all_finite(model.flat_params):
+            return
+        bad = [name for name, owner, key in model.named_parameters() if not bk.all_finite(owner.params[key])]
+        first = bad[0] if bad else "?"
+        path = first.rsplit(".", 1)[0]
+        from ._paths import layer_at
+        layer = layer_at(model, path)
+        opt = model.optimizer
+        grads_ok = model.flat_grads is None or bk.all_finite(model.flat_grads)
+        cause = ("every gradient was finite, so the update rule itself overflowed: lower the learning "
+                 f"rate (now {getattr(opt, 'lr', '?')}) or check the optimizer's eps"
+                 if grads_ok else "the gradients were already non-finite; run backward under detect_anomaly")
+        op = f"{type(opt).__name__} step"
+        raise _error(f"non-finite parameters after the optimizer step ({op}): {', '.join(bad)}; {cause}.",
+                     phase="update", layer_index=int(path.split(".")[0]) if path[:1].isdigit() else None,
+                     layer_path=path, layer=layer, op=op, kind="NaN/Inf")
+
+    # -- helpers ----------------------------------------------------------------------
+    def _index(self) -> dict:
+        return {"layer_index": self._path[0], "layer_path": ".".join(map(str, self._path))}
+
+    def _where(self, layer) -> str:
+        return f"layer {'.'.join(map(str, self._path))} ({layer.name}, {type(layer).__name__})"
+
+
+def enable(model):
+    """Turn anomaly mode on for ``model``; return a function that restores the previous state."""
+    missing = object()
+    previous = vars(model).get("_anomaly", missing)
+    model._anomaly = AnomalyChecker()
+
+    def restore():
+        if previous is missing:
+            vars(model).pop("_anomaly", None)
+        else:
+            model._anomaly = previous
+    return restore
+
+
+@contextmanager
+def detect_anomaly(model=None):
+    """Check every forward output and gradient for NaN/Inf inside the ``with`` block.
+
+    ``with bpnet.detect_anomaly(): ...`` covers every model; ``detect_anomaly(model)``
+    only that one.  Yields the :class:`AnomalyChecker`; in a hand-written loop
+    call ``checker.check_update(model)`` after ``opt.step()`` to check the
+    update too (``fit(detect_anomaly=True)`` does so itself).
+    """
+    if model is not None:
+        restore = enable(model)
+        try:
+            yield model._anomaly
+        finally:
+            restore()
+        return
+    from ..model import Sequential
+    previous = Sequential.__dict__.get("_anomaly")
+    checker = AnomalyChecker()
+    Sequential._anomaly = checker
+    try:
+        yield checker
+    finally:
+        Sequential._anomaly = previous
