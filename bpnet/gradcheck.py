@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .backends import get_backend
 from .errors import ConfigError, GradcheckError
 from .losses import Loss
 
@@ -115,12 +116,17 @@ def gradcheck(obj, inputs, target=None, *, eps: float = 1e-6, tol: float = 1e-6,
     x = np.array(inputs, dtype=np.float64)
     report = GradcheckReport(tolerance=tol)
 
+    # Arrays live on the object's backend (host NumPy, or the GPU for cupy); the
+    # comparison itself is done on host copies in float64.
     if isinstance(obj, Loss):
+        bk = obj._bk()
+        xd = bk.asarray(x)
+
         def objective():
-            return obj.forward(x, target)
+            return obj.forward(xd, target)
         objective()
-        analytic = np.array(obj.backward(), dtype=np.float64)
-        report.checks.append(_compare("output", analytic, objective, x, eps, _indices(x.shape, max_elements, rng)))
+        analytic = np.array(bk.to_numpy(obj.backward()), dtype=np.float64)
+        report.checks.append(_compare("output", analytic, objective, xd, eps, _indices(x.shape, max_elements, rng)))
         return _finish(report, raise_on_fail, type(obj).__name__)
 
     if getattr(obj, "dtype", None) is not None and obj.built and np.dtype(obj.dtype) != np.float64:
@@ -128,30 +134,35 @@ def gradcheck(obj, inputs, target=None, *, eps: float = 1e-6, tol: float = 1e-6,
                           "build it with dtype='float64' (e.g. Sequential(..., dtype='float64'))")
     if hasattr(obj, "seed") and not obj.built:
         obj.dtype = np.dtype(np.float64)
+    bk = getattr(obj, "backend", None) or get_backend("numpy")   # an unbuilt layer builds on numpy
+    xd = bk.asarray(x)
+    if loss is not None and loss.backend is None:
+        loss.backend = bk
     restore = None
 
     def objective():
         restore()
-        out = obj.forward(x, training=training)
+        out = obj.forward(xd, training=training)
         if loss is not None:
             return loss.forward(out, target)
-        return float((np.asarray(out, dtype=np.float64) * direction).sum())
+        return float((np.asarray(bk.to_numpy(out), dtype=np.float64) * direction).sum())
 
-    out = obj.forward(x, training=training)           # builds a lazily-built layer
+    out = obj.forward(xd, training=training)          # builds a lazily-built layer
     restore = _snapshot_state(obj)
     direction = rng.standard_normal(np.shape(out))
     restore()
-    out = obj.forward(x, training=training)
+    out = obj.forward(xd, training=training)
     if loss is not None:
         loss.forward(out, target)
         upstream = loss.backward()
     else:
-        upstream = direction.copy()
-    dx = np.array(obj.backward(upstream), dtype=np.float64)
-    grads = {name: np.array(owner.grads[key], dtype=np.float64) for name, owner, key in obj.named_parameters()}
+        upstream = bk.asarray(direction.copy())
+    dx = np.array(bk.to_numpy(obj.backward(upstream)), dtype=np.float64)
+    grads = {name: np.array(bk.to_numpy(owner.grads[key]), dtype=np.float64)
+             for name, owner, key in obj.named_parameters()}
 
     if check_inputs:
-        report.checks.append(_compare("input", dx, objective, x, eps, _indices(x.shape, max_elements, rng)))
+        report.checks.append(_compare("input", dx, objective, xd, eps, _indices(x.shape, max_elements, rng)))
     for name, owner, key in obj.named_parameters():
         param = owner.params[key]
         report.checks.append(_compare(name, grads[name], objective, param, eps,

@@ -24,6 +24,16 @@ width = st.integers(min_value=1, max_value=6)
 seeds = st.integers(min_value=0, max_value=2**31 - 1)
 
 
+def dev(backend, a):
+    """``a`` on the backend's device (a no-op for numpy and numba)."""
+    return get_backend(backend).asarray(a)
+
+
+def host(backend, a):
+    """``a`` as a host NumPy array, for comparison with the references."""
+    return get_backend(backend).to_numpy(a)
+
+
 def away_from_kink(rng, shape, margin=1e-3):
     """Random values with |x| >= margin + something, both signs present."""
     x = rng.uniform(margin + 0.05, 2.0, size=shape) * rng.choice([-1.0, 1.0], size=shape)
@@ -83,15 +93,16 @@ def test_activation_derivatives_match_formulas(backend):
     }
     for name, (layer, y_ref, dz_ref) in expected.items():
         build_layer(layer, z.shape[1:], backend)
-        np.testing.assert_allclose(layer.forward(z.copy(), training=True), y_ref, rtol=1e-12, atol=1e-15,
-                                   err_msg=name)
-        np.testing.assert_allclose(layer.backward(dy), dz_ref, rtol=1e-12, atol=1e-15, err_msg=name)
+        np.testing.assert_allclose(host(backend, layer.forward(dev(backend, z.copy()), training=True)), y_ref,
+                                   rtol=1e-12, atol=1e-15, err_msg=name)
+        np.testing.assert_allclose(host(backend, layer.backward(dev(backend, dy))), dz_ref, rtol=1e-12,
+                                   atol=1e-15, err_msg=name)
 
 
 def test_softmax_values_and_rows_sum_to_one(backend):
     z = np.array([[1.0, 2.0, 3.0], [1000.0, 1000.0, -1000.0]])
     layer = build_layer(Softmax(), (3,), backend)
-    y = layer.forward(z)
+    y = host(backend, layer.forward(dev(backend, z)))
     e = np.exp([1.0, 2.0, 3.0])
     np.testing.assert_allclose(y[0], e / e.sum(), rtol=1e-14)
     np.testing.assert_allclose(y[1], [0.5, 0.5, 0.0], atol=1e-300)
@@ -105,7 +116,7 @@ def test_dense(backend, n, d_in, d_out, seed):
     x = np.random.default_rng([seed, 99]).standard_normal((n, d_in))
     layer = Dense(d_out, init="he_normal", bias_init="zeros")
     build_layer(layer, (d_in,), backend, seed=seed % 1000)
-    layer.params["b"][...] = np.random.default_rng(seed + 1).standard_normal(d_out)
+    layer.params["b"][...] = dev(backend, np.random.default_rng(seed + 1).standard_normal(d_out))
     run_check(layer, x, backend)
 
 
@@ -113,12 +124,12 @@ def test_dense_backward_is_textbook(backend):
     rng = np.random.default_rng(3)
     x, dy = rng.standard_normal((5, 4)), rng.standard_normal((5, 3))
     layer = build_layer(Dense(3), (4,), backend)
-    W, b = layer.params["W"].copy(), layer.params["b"].copy()
-    np.testing.assert_allclose(layer.forward(x, training=True), x @ W + b, rtol=1e-13)
-    dx = layer.backward(dy)
+    W, b = host(backend, layer.params["W"]).copy(), host(backend, layer.params["b"]).copy()
+    np.testing.assert_allclose(host(backend, layer.forward(dev(backend, x), training=True)), x @ W + b, rtol=1e-13)
+    dx = host(backend, layer.backward(dev(backend, dy)))
     np.testing.assert_allclose(dx, dy @ W.T, rtol=1e-13)
-    np.testing.assert_allclose(layer.grads["W"], x.T @ dy, rtol=1e-13)
-    np.testing.assert_allclose(layer.grads["b"], dy.sum(axis=0), rtol=1e-13)
+    np.testing.assert_allclose(host(backend, layer.grads["W"]), x.T @ dy, rtol=1e-13)
+    np.testing.assert_allclose(host(backend, layer.grads["b"]), dy.sum(axis=0), rtol=1e-13)
 
 
 # --------------------------------------------------------------------------- Dropout
@@ -134,12 +145,12 @@ def test_dropout_training(backend, p, n, d, seed):
 def test_dropout_backward_applies_the_mask(backend):
     x = np.random.default_rng(0).standard_normal((40, 25))
     layer = build_layer(Dropout(0.3), (25,), backend, seed=4)
-    y = layer.forward(x, training=True)
+    y = host(backend, layer.forward(dev(backend, x), training=True))
     dropped = y == 0
     assert 0.2 < dropped.mean() < 0.4                       # about p of the units are dropped
     np.testing.assert_allclose(y[~dropped], x[~dropped] / 0.7, rtol=1e-15)
     dy = np.random.default_rng(1).standard_normal(x.shape)
-    dx = layer.backward(dy)
+    dx = host(backend, layer.backward(dev(backend, dy)))
     assert np.all(dx[dropped] == 0)                         # dropped units get exactly zero gradient
     np.testing.assert_allclose(dx[~dropped], dy[~dropped] / 0.7, rtol=1e-15)
 
@@ -147,9 +158,9 @@ def test_dropout_backward_applies_the_mask(backend):
 def test_dropout_eval_is_identity(backend):
     x = np.random.default_rng(0).standard_normal((6, 5))
     layer = build_layer(Dropout(0.5), (5,), backend)
-    assert np.array_equal(layer.forward(x, training=False), x)
+    assert np.array_equal(host(backend, layer.forward(dev(backend, x), training=False)), x)
     dy = np.random.default_rng(1).standard_normal(x.shape)
-    assert np.array_equal(layer.backward(dy), dy)
+    assert np.array_equal(host(backend, layer.backward(dev(backend, dy))), dy)
 
 
 def test_gradcheck_catches_dropout_without_mask():
@@ -167,10 +178,10 @@ def test_gradcheck_catches_dropout_without_mask():
 def _batchnorm(d, seed, backend):
     layer = build_layer(BatchNorm1d(momentum=0.3), (d,), backend)
     rng = np.random.default_rng(seed + 7)
-    layer.params["gamma"][...] = rng.uniform(0.5, 2.0, d)
-    layer.params["beta"][...] = rng.standard_normal(d)
-    layer.buffers["running_mean"][...] = rng.standard_normal(d)
-    layer.buffers["running_var"][...] = rng.uniform(0.5, 2.0, d)
+    layer.params["gamma"][...] = dev(backend, rng.uniform(0.5, 2.0, d))
+    layer.params["beta"][...] = dev(backend, rng.standard_normal(d))
+    layer.buffers["running_mean"][...] = dev(backend, rng.standard_normal(d))
+    layer.buffers["running_var"][...] = dev(backend, rng.uniform(0.5, 2.0, d))
     return layer
 
 
@@ -201,15 +212,15 @@ def test_batchnorm_forward_and_running_stats(backend):
     rng = np.random.default_rng(5)
     x = rng.normal(3.0, 2.0, size=(8, 4))
     layer = _batchnorm(4, 0, backend)
-    gamma, beta = layer.params["gamma"].copy(), layer.params["beta"].copy()
-    rm, rv = layer.buffers["running_mean"].copy(), layer.buffers["running_var"].copy()
-    y = layer.forward(x, training=True)
+    gamma, beta = host(backend, layer.params["gamma"]).copy(), host(backend, layer.params["beta"]).copy()
+    rm, rv = host(backend, layer.buffers["running_mean"]).copy(), host(backend, layer.buffers["running_var"]).copy()
+    y = host(backend, layer.forward(dev(backend, x), training=True))
     mu, var = x.mean(axis=0), x.var(axis=0)
     np.testing.assert_allclose(y, gamma * (x - mu) / np.sqrt(var + 1e-5) + beta, rtol=1e-12)
-    np.testing.assert_allclose(layer.buffers["running_mean"], 0.7 * rm + 0.3 * mu, rtol=1e-12)
-    np.testing.assert_allclose(layer.buffers["running_var"], 0.7 * rv + 0.3 * x.var(axis=0, ddof=1), rtol=1e-12)
-    y_eval = layer.forward(x, training=False)
-    rm2, rv2 = layer.buffers["running_mean"], layer.buffers["running_var"]
+    rm2, rv2 = host(backend, layer.buffers["running_mean"]), host(backend, layer.buffers["running_var"])
+    np.testing.assert_allclose(rm2, 0.7 * rm + 0.3 * mu, rtol=1e-12)
+    np.testing.assert_allclose(rv2, 0.7 * rv + 0.3 * x.var(axis=0, ddof=1), rtol=1e-12)
+    y_eval = host(backend, layer.forward(dev(backend, x), training=False))
     np.testing.assert_allclose(y_eval, gamma * (x - rm2) / np.sqrt(rv2 + 1e-5) + beta, rtol=1e-12)
 
 
@@ -227,9 +238,10 @@ def test_residual(backend, n, d, hidden, seed):
 def test_residual_adds_identity_path(backend):
     x = np.random.default_rng(0).standard_normal((3, 4))
     layer = build_layer(Residual([Dense(5), Tanh(), Dense(4)]), (4,), backend)
-    d1, d2 = layer.block.layers[0], layer.block.layers[2]
-    f = np.tanh(x @ d1.params["W"] + d1.params["b"]) @ d2.params["W"] + d2.params["b"]
-    np.testing.assert_allclose(layer.forward(x, training=True), x + f, rtol=1e-13)
+    W1, b1, W2, b2 = (host(backend, a) for a in (layer.block.layers[0].params["W"], layer.block.layers[0].params["b"],
+                                                  layer.block.layers[2].params["W"], layer.block.layers[2].params["b"]))
+    f = np.tanh(x @ W1 + b1) @ W2 + b2
+    np.testing.assert_allclose(host(backend, layer.forward(dev(backend, x), training=True)), x + f, rtol=1e-13)
 
 
 @SHAPE_SETTINGS
@@ -237,7 +249,7 @@ def test_residual_adds_identity_path(backend):
 def test_flatten_3d(backend, n, a, b, seed):
     x = np.random.default_rng([seed, 99]).standard_normal((n, a, b))
     layer = build_layer(Flatten(), (a, b), backend)
-    y = layer.forward(x, training=True)
+    y = host(backend, layer.forward(dev(backend, x), training=True))
     assert y.shape == (n, a * b)
     assert np.array_equal(y, x.reshape(n, a * b))
     run_check(layer, x, backend)

@@ -57,7 +57,7 @@ def test_regression_converges_to_least_squares(backend):
     model.fit(X, y, epochs=300, batch_size=256, verbose=0)          # full batch: plain gradient descent
     A = np.hstack([X, np.ones((256, 1))])
     coef = np.linalg.lstsq(A, y, rcond=None)[0]
-    params = model.parameters()
+    params = {k: model.backend.to_numpy(v) for k, v in model.parameters().items()}
     np.testing.assert_allclose(params["0.W"][:, 0], coef[:3], atol=1e-6)
     assert params["0.b"][0] == pytest.approx(coef[3], abs=1e-6)
     assert model.evaluate(X, y)["loss"] == pytest.approx(np.mean((A @ coef - y) ** 2), rel=1e-6)
@@ -225,21 +225,24 @@ def test_summary_counts_and_memory():
 def test_parameters_are_views_into_flat_buffer(backend):
     model = Sequential([Dense(5), Tanh(), Dense(3)], seed=0, backend=backend)
     model.build((4,))
+    bk = model.backend
     params, grads = model.parameters(), model.gradients()
     assert list(params) == ["0.W", "0.b", "2.W", "2.b"]
     assert sum(p.size for p in params.values()) == 4 * 5 + 5 + 5 * 3 + 3
     for name, p in params.items():
-        assert np.shares_memory(p, model.flat_params), name
-        assert np.shares_memory(grads[name], model.flat_grads), name
+        assert bk.xp.shares_memory(p, model.flat_params), name
+        assert bk.xp.shares_memory(grads[name], model.flat_grads), name
     model.flat_params[...] = 0.5
-    assert np.all(model.layers[0].params["W"] == 0.5) and np.all(model.layers[2].params["b"] == 0.5)
+    assert np.all(bk.to_numpy(model.layers[0].params["W"]) == 0.5)
+    assert np.all(bk.to_numpy(model.layers[2].params["b"]) == 0.5)
     model.layers[2].params["W"][1, 2] = -7.0
-    assert (model.flat_params == -7.0).sum() == 1
+    assert (bk.to_numpy(model.flat_params) == -7.0).sum() == 1
     x = np.ones((2, 4), np.float32)
-    np.testing.assert_allclose(model.forward(x), np.tanh(np.full((2, 5), 2.5)) @ model.layers[2].params["W"] + 0.5,
-                               rtol=1e-6)
-    model.backward(np.ones((2, 3), np.float32))
-    np.testing.assert_array_equal(model.flat_grads[:20].reshape(4, 5), model.layers[0].grads["W"])
+    W2 = bk.to_numpy(model.layers[2].params["W"])
+    np.testing.assert_allclose(bk.to_numpy(model.forward(x)), np.tanh(np.full((2, 5), 2.5)) @ W2 + 0.5, rtol=1e-6)
+    model.backward(bk.asarray(np.ones((2, 3), np.float32)))
+    np.testing.assert_array_equal(bk.to_numpy(model.flat_grads[:20]).reshape(4, 5),
+                                  bk.to_numpy(model.layers[0].grads["W"]))
 
 
 # --------------------------------------------------------------------------- history and validation
