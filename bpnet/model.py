@@ -199,9 +199,12 @@ class Sequential(Layer):
 
     def fit(self, X, y, epochs: int = 1, batch_size: int = 32, validation_data=None,
             validation_split: float = 0.0, shuffle: bool = True, callbacks=None, verbose: int = 1,
-            initial_epoch: int = 0, distributed=False, detect_anomaly=False) -> History:
+            initial_epoch: int = 0, distributed=False, doctor=False, detect_anomaly=False) -> History:
         """Train for ``epochs`` passes over (X, y); returns the :class:`History`.
 
+        ``doctor=True`` (or a :class:`bpnet.doctor.Doctor`) checks data and model
+        before training and diagnoses the run after every epoch, printing each
+        finding once and keeping them in ``history.findings``.
         ``detect_anomaly=True`` stops at the first NaN/Inf with a
         :class:`~bpnet.errors.NonFiniteError` naming the layer, phase and rows.
 
@@ -215,6 +218,9 @@ class Sequential(Layer):
                                validation_split=validation_split, shuffle=shuffle, callbacks=callbacks,
                                verbose=verbose, initial_epoch=initial_epoch)
         self._require_compiled()
+        if doctor:
+            from .doctor.callback import attach_doctor
+            callbacks = attach_doctor(self, doctor, X, y, callbacks)
         X, y = self._prepare(X, y)
         if validation_split and validation_data is None:
             if not 0.0 < validation_split < 1.0:

@@ -4,8 +4,19 @@
   activation statistics every few steps into ``history.steps``.
 * Anomaly mode: ``fit(..., detect_anomaly=True)`` or ``with detect_anomaly():``
   stops at the first NaN/Inf and names the layer, phase, operation and rows.
+* Diagnosis: :func:`diagnose` (a run's history), :func:`check_data` (X, y
+  before training), :func:`check_model` (model vs loss) return
+  :class:`Finding` objects with evidence and a remedy; ``fit(..., doctor=True)``
+  runs them all and prints each finding once.
 """
 from .anomaly import AnomalyChecker, detect_anomaly
+from .callback import Doctor
+from .data_checks import check_data
+from .diagnose import diagnose
+from .findings import Finding
+from .model_checks import check_model
 from .monitor import Monitor
+from .thresholds import Thresholds
 
-__all__ = ["Monitor", "detect_anomaly", "AnomalyChecker"]
+__all__ = ["diagnose", "check_data", "check_model", "Monitor", "detect_anomaly", "Finding", "Thresholds",
+           "Doctor", "AnomalyChecker"]

@@ -1,0 +1,379 @@
+"""``diagnose``: named problems read off a training run's history.
+
+It reads the per-epoch losses (``history["loss"]``, ``history["val_loss"]``)
+and, when a :class:`~bpnet.doctor.Monitor` ran, the per-step records in
+``history.steps``.  Every rule compares a number with a documented threshold
+(:class:`~bpnet.doctor.Thresholds`) and reports that number as evidence:
+
+======================  ==================================================================
+EXPLODING_GRADIENTS     first/last layer gradient-norm ratio > 70, or a layer norm > 1e3,
+                        or the total norm grew > 100x since the start
+VANISHING_GRADIENTS     first/last ratio < 1e-3 and first-layer norm < 1e-4
+DYING_RELU              >= 70 % of a ReLU layer's units output 0 for a whole batch
+SATURATED_ACTIVATIONS   > 50 % of a sigmoid/tanh layer's outputs have |z| > 5
+NONFINITE_LOSS          a NaN/Inf loss, with the signal that went wrong before it
+LR_TOO_HIGH             the loss rises several points in a row, or swings up and down
+LR_TOO_LOW / PLATEAU    the loss is flat; LR_TOO_LOW when the weights barely move too
+                        (update/weight ratio < 1e-5)
+STEP_SIZE               a weight matrix's update/weight ratio > 1e-1 or < 1e-6 (healthy ~1e-3)
+OVERFITTING             validation loss rising 3 epochs in a row while training loss falls
+======================  ==================================================================
+
+With ``model=`` it adds the static checks of :func:`~bpnet.doctor.check_model`.
+"""
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+
+from . import findings as F
+from ._paths import describe
+from .findings import Finding
+from .model_checks import check_model
+from .thresholds import Thresholds
+
+_LAYER_KEY = re.compile(r"^\d+(\.\d+)*$")
+_BLOCK = 5          # per-step losses are averaged in blocks of this many records
+
+
+def diagnose(history, model=None, thresholds: Thresholds | None = None) -> list[Finding]:
+    """Findings for a run: ``history`` is a :class:`~bpnet.History` (or its ``to_dict()``)."""
+    from ..history import History
+    if isinstance(history, dict):
+        history = History.from_dict(history)
+    t = thresholds or Thresholds()
+    run = _Run(history, model, t)
+    out: list[Finding] = []
+    for rule in (_nonfinite_loss, _gradients, _activations, _learning_rate, _step_size, _overfitting):
+        out.extend(rule(run))
+    if any(f.code == F.LR_TOO_LOW for f in out):     # the same cause, said more precisely
+        out = [f for f in out if not (f.code == F.STEP_SIZE and f.where == "too small")]
+    if model is not None and getattr(model, "layers", None):
+        out.extend(check_model(model, thresholds=t))
+    return out
+
+
+class _Run:
+    """The history's numbers in the shapes the rules need."""
+
+    def __init__(self, history, model, t):
+        self.h, self.model, self.t = history, model, t
+        self.steps = list(getattr(history, "steps", []) or [])
+        self.finite_steps = [r for r in self.steps if _finite(r.get("loss", math.nan))]
+        self.epoch_loss = list(history.history.get("loss", []))
+        self.val_loss = list(history.history.get("val_loss", []))
+
+    def recent(self, key, k=None):
+        """Median of ``key`` over the last ``k`` records with a finite loss (None if absent)."""
+        vals = [r[key] for r in self.finite_steps if key in r][-(k or self.t.recent):]
+        return float(np.median(vals)) if vals else None
+
+    def zero_frac(self, layer):
+        """Smallest recent fraction of exactly-zero gradient entries among the layer's parameters."""
+        fracs = [self.recent(f"zero_grad_frac/{p}") for p in self.keys("zero_grad_frac/")
+                 if p.rsplit(".", 1)[0] == layer]
+        fracs = [f for f in fracs if f is not None]
+        return min(fracs) if fracs else 0.0
+
+    def keys(self, prefix):
+        return sorted({k[len(prefix):] for r in self.steps for k in r if k.startswith(prefix)})
+
+    def where(self, path):
+        return describe(self.model, path)
+
+    def loss_series(self):
+        """(values, unit): finite epoch losses, or block means of per-step losses when
+        there are fewer than 3 epochs."""
+        ep = [v for v in self.epoch_loss if _finite(v)]
+        if len(ep) >= 3 or not self.finite_steps:
+            return ep, "epoch"
+        losses = [r["loss"] for r in self.finite_steps]
+        blocks = [float(np.mean(losses[i:i + _BLOCK])) for i in range(0, len(losses) - _BLOCK + 1, _BLOCK)]
+        return blocks, f"block of {_BLOCK} monitored steps"
+
+
+def _finite(v) -> bool:
+    try:
+        return math.isfinite(float(v))
+    except (TypeError, ValueError):
+        return False
+
+
+def _layer_paths(run):
+    paths = [k for k in run.keys("grad_norm/") if _LAYER_KEY.match(k)]
+    return sorted(paths, key=lambda p: tuple(int(x) for x in p.split(".")))
+
+
+# -- rules ---------------------------------------------------------------------------------
+def _nonfinite_loss(run):
+    t = run.t
+    bad_epochs = [i for i, v in enumerate(run.epoch_loss) if not _finite(v)]
+    bad_steps = [r for r in run.steps if not _finite(r.get("loss", 0.0))]
+    if not bad_epochs and not bad_steps:
+        return []
+    ev = {}
+    if bad_epochs:
+        ev["first_epoch"] = int(run.h.epoch[bad_epochs[0]]) if bad_epochs[0] < len(run.h.epoch) else bad_epochs[0]
+    source = "it is not known where it came from (train with a Monitor or detect_anomaly=True to find out)"
+    if bad_steps:
+        first = bad_steps[0]
+        ev["first_step"] = int(first["step"])
+        before = [r for r in run.finite_steps if r["step"] < first["step"]]
+        causes = []
+        nonfinite_acts = [k.split("/", 1)[1] for k in first if k.startswith("act_mean/") and not _finite(first[k])]
+        if nonfinite_acts:
+            causes.append(f"the forward pass was already non-finite at {run.where(nonfinite_acts[0])}")
+            ev["first_nonfinite_activation"] = nonfinite_acts[0]
+        if before:
+            last = before[-1]
+            g_first = run.finite_steps[0].get("grad_norm/total")
+            g_last = last.get("grad_norm/total")
+            ev["last_finite_step"] = int(last["step"])
+            ev["last_finite_loss"] = float(last["loss"])
+            if g_first is not None and g_last is not None:
+                ev["grad_norm_first"], ev["grad_norm_last_finite"] = float(g_first), float(g_last)
+                if not _finite(g_last) or g_last > t.explode_norm or \
+                        (g_first > 0 and g_last / g_first > t.explode_growth):
+                    causes.append(f"the gradient norm had grown from {g_first:.3g} to {g_last:.3g} "
+                                  f"(step {last['step']}): exploding gradients")
+            ratios = [v for k, v in last.items() if k.startswith("update_ratio/") and _finite(v)]
+            if ratios and max(ratios) > t.step_high:
+                ev["max_update_ratio"] = float(max(ratios))
+                causes.append(f"updates were {max(ratios):.3g} of the weights' size at step {last['step']}: "
+                              "the learning rate is too high")
+            if last["loss"] > 10 * max(run.finite_steps[0]["loss"], 1e-12):
+                causes.append(f"the loss had already risen from {run.finite_steps[0]['loss']:.4g} "
+                              f"to {last['loss']:.4g}: divergence")
+        elif not nonfinite_acts:
+            causes.append("the loss was non-finite from the first recorded step: look at the data and the "
+                          "initial weights")
+        if causes:
+            source = "; ".join(causes)
+    ev["source"] = source
+    when = f"step {ev['first_step']}" if "first_step" in ev else f"epoch {ev.get('first_epoch')}"
+    return [Finding(
+        F.NONFINITE_LOSS, "error",
+        f"the loss became NaN/Inf at {when}; {source}. Every update after that is garbage.",
+        evidence=ev,
+        remedy="rerun with fit(..., detect_anomaly=True) to stop at the first NaN/Inf and name the layer; "
+               "lower the learning rate, clip gradients (clip_grad_norm), and check the data with "
+               "bpnet.doctor.check_data.")]
+
+
+def _gradients(run):
+    t = run.t
+    paths = _layer_paths(run)
+    if not paths:
+        return []
+    out = []
+    norms = {p: run.recent(f"grad_norm/{p}") for p in paths}
+    first, last = paths[0], paths[-1]
+    g_first, g_last = norms[first], norms[last]
+    ratio = None
+    if len(paths) >= 2 and g_first is not None and g_last is not None and g_last > 0:
+        ratio = g_first / g_last
+    big = {p: n for p, n in norms.items() if n is not None and (n > t.explode_norm or math.isinf(n))}
+    totals = [r["grad_norm/total"] for r in run.finite_steps if "grad_norm/total" in r]
+    growth = None
+    k = t.recent
+    if len(totals) >= 2 * k:
+        early, late = float(np.median(totals[:k])), float(np.median(totals[-k:]))
+        growth = late / early if early > 0 else (math.inf if late > 0 else 1.0)
+    ev = {"first_layer": first, "last_layer": last, "first_norm": g_first, "last_norm": g_last,
+          "ratio": ratio, "growth": growth, "norms": norms}
+    reasons = []
+    if ratio is not None and ratio > t.explode_ratio:
+        reasons.append(f"the first layer's gradient norm is {ratio:.3g}x the last layer's "
+                       f"({g_first:.3g} vs {g_last:.3g}; limit {t.explode_ratio:g})")
+    if big:
+        p, n = max(big.items(), key=lambda kv: kv[1])
+        reasons.append(f"{run.where(p)} has gradient norm {n:.3g} (limit {t.explode_norm:g})")
+    if growth is not None and growth > t.explode_growth:
+        reasons.append(f"the total gradient norm grew {growth:.3g}x during training (limit {t.explode_growth:g})")
+    if reasons:
+        out.append(Finding(
+            F.EXPLODING_GRADIENTS, "error",
+            "gradients are exploding: " + "; ".join(reasons) + ". Each layer multiplies the gradient "
+            "by more than 1 on its way back, so the early layers get huge updates and training diverges.",
+            evidence=ev,
+            remedy="use a smaller initial scale (Dense(..., init='he_normal') for ReLU, 'xavier_uniform' "
+                   "for tanh), clip gradients (clip_grad_norm(model, 1.0)), lower the learning rate, "
+                   "or add BatchNorm1d / residual connections."))
+    # exactly-zero gradients come from dead units (DYING_RELU), not from shrinking products
+    if ratio is not None and ratio < t.vanish_ratio and g_first is not None and g_first < t.vanish_norm \
+            and run.zero_frac(first) < 0.99:
+        out.append(Finding(
+            F.VANISHING_GRADIENTS, "error",
+            f"gradients are vanishing: the first layer's gradient norm is {g_first:.3g}, "
+            f"{ratio:.3g} times the last layer's ({g_last:.3g}); the early layers barely learn.",
+            evidence=ev,
+            remedy="use ReLU-family activations with He initialisation (or xavier for tanh), fewer or "
+                   "residual layers, BatchNorm1d; avoid deep stacks of sigmoids."))
+    return out
+
+
+def _activations(run):
+    t = run.t
+    out = []
+    for path in run.keys("dead_frac/"):
+        frac = run.recent(f"dead_frac/{path}")
+        if frac is not None and frac >= t.dead_frac:
+            out.append(Finding(
+                F.DYING_RELU, "error" if frac >= 0.99 else "warning",
+                f"{frac:.0%} of the ReLU units in {run.where(path)} are dead: they output 0 for every "
+                "sample of a batch, so they pass no gradient and cannot recover.",
+                evidence={"layer": path, "dead_frac": frac, "limit": t.dead_frac,
+                          "act_mean": run.recent(f"act_mean/{path}")},
+                remedy="lower the learning rate, initialise with init='he_normal' and zero bias, or use "
+                       "LeakyReLU / ELU, which keep a gradient for negative inputs.",
+                where=f"layer {path}"))
+    for path in run.keys("sat_frac/"):
+        frac = run.recent(f"sat_frac/{path}")
+        if frac is not None and frac > t.saturated_frac:
+            out.append(Finding(
+                F.SATURATED_ACTIVATIONS, "warning",
+                f"{frac:.0%} of the outputs of {run.where(path)} sit in the flat tails (|z| > 5), where "
+                "the derivative is below 0.007: those units hardly learn and block the gradient.",
+                evidence={"layer": path, "sat_frac": frac, "limit": t.saturated_frac,
+                          "act_std": run.recent(f"act_std/{path}")},
+                remedy="normalise the inputs, initialise with init='xavier_uniform' (smaller weights), "
+                       "lower the learning rate, or switch to ReLU-family activations.",
+                where=f"layer {path}"))
+    return out
+
+
+def _weight_ratios(run, prefix):
+    """{param: recent median ratio} for weight matrices (not biases or norm scales)."""
+    names = run.keys(prefix)
+    if run.model is not None:
+        shapes = {n: tuple(p.shape) for n, p in run.model.parameters().items()}
+        names = [n for n in names if len(shapes.get(n, ())) >= 2]
+    else:
+        names = [n for n in names if n.rsplit(".", 1)[-1] == "W"]
+    out = {n: run.recent(prefix + n) for n in names}
+    return {n: v for n, v in out.items() if v is not None}
+
+
+def _update_ratios(run):
+    ratios = _weight_ratios(run, "update_ratio/")
+    return ratios or _weight_ratios(run, "lr_grad_ratio/")
+
+
+def _learning_rate(run):
+    t = run.t
+    s, unit = run.loss_series()
+    out = []
+    if len(s) >= 3:
+        k = t.rise_epochs
+        tail = s[-(k + 1):]
+        floor = t.noise_floor * abs(s[0])
+        rising = len(tail) == k + 1 and all(b > a for a, b in zip(tail, tail[1:])) and tail[-1] - tail[0] > floor
+        rise = (tail[-1] - tail[0]) / abs(tail[0]) if rising and tail[0] != 0 else 0.0
+        swings, last_sign = 0, 0
+        for a, b in zip(s, s[1:]):
+            base = min(abs(a), abs(b))
+            if base > 0 and abs(b - a) / base > t.swing_rel and abs(b - a) > floor:
+                sign = 1 if b > a else -1
+                if sign != last_sign:
+                    swings += 1
+                last_sign = sign
+        if rise > t.rise_rel or swings >= t.swing_count:
+            why = (f"the loss rose {k} {unit}s in a row, by {rise:.0%} (from {tail[0]:.4g} to {tail[-1]:.4g})"
+                   if rise > t.rise_rel else
+                   f"the loss swung up and down by more than {t.swing_rel:.0%} {swings} times")
+            out.append(Finding(
+                F.LR_TOO_HIGH, "error" if rise > 1.0 else "warning",
+                f"the learning rate looks too high: {why}; the steps overshoot the minimum.",
+                evidence={"losses": [float(v) for v in s[-12:]], "unit": unit, "rise": rise, "swings": swings,
+                          "lr": _lr(run)},
+                remedy="divide the learning rate by 3-10, or use a warm-up / ReduceLROnPlateau; clip "
+                       "gradients if single batches spike."))
+    w = t.plateau_window
+    if len(s) >= w + 1 and not out:
+        ref, best = s[-w - 1], min(s[-w:])
+        improvement = (ref - best) / abs(ref) if ref != 0 else 0.0
+        if improvement < t.plateau_rel and s[-1] > max(t.converged_loss, t.converged_rel * abs(s[0])):
+            ratios = _update_ratios(run)
+            med = float(np.median(list(ratios.values()))) if ratios else None
+            ev = {"losses": [float(v) for v in s[-(w + 1):]], "unit": unit, "improvement": improvement,
+                  "median_update_ratio": med, "lr": _lr(run)}
+            if med is not None and med < t.lr_low_ratio:
+                out.append(Finding(
+                    F.LR_TOO_LOW, "warning",
+                    f"the loss has not improved over the last {w} {unit}s ({improvement:.2%}) and each step "
+                    f"changes the weights by only {med:.2g} of their size (a healthy step is ~1e-3): the "
+                    "learning rate is too low.",
+                    evidence=ev,
+                    remedy="raise the learning rate by 10x at a time (or run an LR range test); Adam with "
+                           "lr=1e-3 is a sound default."))
+            else:
+                out.append(Finding(
+                    F.PLATEAU, "warning",
+                    f"the loss has been flat at {s[-1]:.4g} for the last {w} {unit}s "
+                    f"(improvement {improvement:.2%}) although the weights still move"
+                    f"{f' ({med:.2g} of their size per step)' if med is not None else ''}.",
+                    evidence=ev,
+                    remedy="the model may be stuck (saddle, dead units) or too small: try a learning-rate "
+                           "schedule (ReduceLROnPlateau), a bigger model, or check the other findings."))
+    return out
+
+
+def _lr(run):
+    opt = getattr(run.model, "optimizer", None)
+    if opt is not None:
+        return float(opt.lr)
+    lrs = run.h.history.get("lr")
+    return float(lrs[-1]) if lrs else None
+
+
+def _step_size(run):
+    t = run.t
+    ratios = _update_ratios(run)
+    out = []
+    high = {n: v for n, v in ratios.items() if v > t.step_high}
+    low = {n: v for n, v in ratios.items() if v < t.step_low
+           and (run.recent(f"zero_grad_frac/{n}") or 0.0) < 0.99}      # all-zero gradient: dead units
+    if high:
+        n, v = max(high.items(), key=lambda kv: kv[1])
+        out.append(Finding(
+            F.STEP_SIZE, "warning",
+            f"each step changes {n} by {v:.3g} of its size (healthy is ~1e-3, limit {t.step_high:g}): "
+            "updates this large overwrite what the weights learnt and make training erratic.",
+            evidence={"ratios": high, "limit": t.step_high, "lr": _lr(run)},
+            remedy="lower the learning rate until update/weight ratios are near 1e-3.",
+            where="too large"))
+    if low:
+        n, v = min(low.items(), key=lambda kv: kv[1])
+        out.append(Finding(
+            F.STEP_SIZE, "warning",
+            f"each step changes {n} by only {v:.3g} of its size (healthy is ~1e-3, limit {t.step_low:g}): "
+            "at this pace the weights effectively do not train.",
+            evidence={"ratios": low, "limit": t.step_low, "lr": _lr(run)},
+            remedy="raise the learning rate (or check for vanishing gradients).",
+            where="too small"))
+    return out
+
+
+def _overfitting(run):
+    t = run.t
+    val, tr = run.val_loss, run.epoch_loss
+    k = t.overfit_epochs
+    if len(val) < k + 1 or len(tr) < k + 1 or not all(_finite(v) for v in val[-(k + 1):]):
+        return []
+    tail = val[-(k + 1):]
+    rising = all(b > a for a, b in zip(tail, tail[1:]))
+    best = min(v for v in val if _finite(v))
+    best_epoch = int(np.nanargmin(np.asarray(val, dtype=float)))
+    if not (rising and tr[-1] < tr[-(k + 1)] and val[-1] > best * (1 + t.overfit_rise)):
+        return []
+    return [Finding(
+        F.OVERFITTING, "warning",
+        f"the model is overfitting: validation loss rose {k} epochs in a row to {val[-1]:.4g} "
+        f"({(val[-1] / best - 1):.0%} above its best, {best:.4g} at epoch {best_epoch}) while the "
+        f"training loss kept falling (to {tr[-1]:.4g}).",
+        evidence={"val_loss": [float(v) for v in val[-(k + 1):]], "loss": [float(v) for v in tr[-(k + 1):]],
+                  "best_val_loss": float(best), "best_epoch": best_epoch},
+        remedy="stop at the best epoch (EarlyStopping with restore_best_weights), add weight decay "
+               "(AdamW) or Dropout, get more data, or use a smaller model.")]

@@ -1,0 +1,71 @@
+"""A ``Finding``: one named training problem, the evidence for it, and the remedy.
+
+Every check in :mod:`bpnet.doctor` returns a list of findings.  A finding is
+plain data (``to_dict`` gives JSON), so it can be printed, stored in
+``History.findings``, exported with the history, or asserted on in a test.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+# The codes the doctor knows, grouped by where the evidence comes from.
+# Training signals (from History.steps / History.history):
+EXPLODING_GRADIENTS = "EXPLODING_GRADIENTS"
+VANISHING_GRADIENTS = "VANISHING_GRADIENTS"
+DYING_RELU = "DYING_RELU"
+SATURATED_ACTIVATIONS = "SATURATED_ACTIVATIONS"
+NONFINITE_LOSS = "NONFINITE_LOSS"
+LR_TOO_HIGH = "LR_TOO_HIGH"
+LR_TOO_LOW = "LR_TOO_LOW"
+PLATEAU = "PLATEAU"
+OVERFITTING = "OVERFITTING"
+STEP_SIZE = "STEP_SIZE"
+# Static checks of the model and loss:
+SYMMETRIC_WEIGHTS = "SYMMETRIC_WEIGHTS"
+DOUBLE_SOFTMAX = "DOUBLE_SOFTMAX"
+OUTPUT_LOSS_MISMATCH = "OUTPUT_LOSS_MISMATCH"
+# Checks of the data:
+UNNORMALIZED_INPUTS = "UNNORMALIZED_INPUTS"
+NONFINITE_DATA = "NONFINITE_DATA"
+OUTLIERS = "OUTLIERS"
+LABEL_FORMAT = "LABEL_FORMAT"
+CLASS_IMBALANCE = "CLASS_IMBALANCE"
+
+SEVERITIES = ("error", "warning", "info")
+
+
+@dataclass
+class Finding:
+    """One diagnosed problem.
+
+    code : a stable name such as ``"EXPLODING_GRADIENTS"`` (constants in this module).
+    severity : ``"error"`` (training cannot work), ``"warning"`` (it works badly)
+        or ``"info"``.
+    message : what was observed, in plain words, with the numbers.
+    evidence : the numbers behind the message (JSON-serialisable).
+    remedy : what to change.
+    where : the layer, feature or series it concerns (``"layer 2 (relu)"``), or
+        None for the whole run.  ``(code, where)`` identifies a finding, so the
+        same problem seen again is not reported twice.
+    """
+    code: str
+    severity: str
+    message: str
+    evidence: dict = field(default_factory=dict)
+    remedy: str = ""
+    where: str | None = None
+
+    @property
+    def key(self) -> tuple:
+        return (self.code, self.where)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Finding":
+        return cls(**{k: d[k] for k in ("code", "severity", "message", "evidence", "remedy", "where") if k in d})
+
+    def __str__(self):
+        text = f"[{self.severity}] {self.code}: {self.message}"
+        return text + (f"\n    remedy: {self.remedy}" if self.remedy else "")

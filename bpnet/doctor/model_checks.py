@@ -1,0 +1,99 @@
+"""``check_model``: mistakes visible in the model and loss before training.
+
+* DOUBLE_SOFTMAX -- a Softmax output layer in front of a loss that applies
+  softmax itself (CrossEntropy, FocalLoss take logits).
+* OUTPUT_LOSS_MISMATCH -- a ReLU, Sigmoid or Tanh output in front of a loss
+  that expects unbounded logits.
+* SYMMETRIC_WEIGHTS -- a hidden Dense layer whose units are identical (all
+  columns of W equal and all biases equal, e.g. zero or constant init): every
+  unit then receives the same gradient and they stay clones forever.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..layers.dense import Dense
+from ..losses import get_loss
+from . import findings as F
+from ._paths import leaf_layers
+from .findings import Finding
+from .thresholds import Thresholds
+
+
+def check_model(model, loss=None, thresholds: Thresholds | None = None) -> list[Finding]:
+    """Static checks of ``model`` against ``loss`` (default ``model.loss``)."""
+    loss = get_loss(loss) if loss is not None else getattr(model, "loss", None)
+    out: list[Finding] = []
+    if loss is not None and model.layers:
+        _output_layer(out, model, loss)
+    if getattr(model, "built", False):
+        _symmetry(out, model)
+    return out
+
+
+def _output_layer(out, model, loss):
+    last = model.layers[-1]
+    cls, lname = type(last).__name__, type(loss).__name__
+    where = f"layer {len(model.layers) - 1}"
+    if not getattr(loss, "expects_logits", False):
+        return
+    if cls == "Softmax" and loss.kind == "classification" and lname != "BCEWithLogits":
+        out.append(Finding(
+            F.DOUBLE_SOFTMAX, "error",
+            f"the model ends with Softmax but {lname} applies softmax to its input itself: the loss sees "
+            "softmax(softmax(z)), whose values are squeezed into [1/e, e] ratios, so gradients shrink and "
+            "learning crawls or stalls.",
+            evidence={"output_layer": cls, "loss": lname},
+            remedy=f"remove the final Softmax layer (train on logits with {lname}); apply softmax only "
+                   "when you need probabilities at prediction time.",
+            where=where))
+    elif cls in ("ReLU", "Sigmoid", "Tanh", "Softmax"):
+        what = {"ReLU": "clips every negative logit to 0, so a class can never be pushed below the others "
+                        "and dead outputs get no gradient",
+                "Sigmoid": "squeezes the logits into (0, 1), so the loss can never become confident "
+                           "(a sigmoid applied twice)",
+                "Tanh": "squeezes the logits into (-1, 1), so the loss can never become confident",
+                "Softmax": "turns the logits into probabilities before a loss that expects logits"}[cls]
+        out.append(Finding(
+            F.OUTPUT_LOSS_MISMATCH, "error",
+            f"the model ends with {cls} but {lname} expects raw logits: the {cls} {what}.",
+            evidence={"output_layer": cls, "loss": lname},
+            remedy=f"end the model with the last Dense layer (no activation) and keep {lname}.",
+            where=where))
+
+
+def _symmetry(out, model):
+    dense = [(path, layer) for path, layer in leaf_layers(model) if isinstance(layer, Dense)]
+    bk = model.backend
+    for k, (path, layer) in enumerate(dense[:-1]):      # the output layer may start symmetric
+        W = np.asarray(bk.to_numpy(layer.params["W"]), dtype=np.float64)
+        b = np.asarray(bk.to_numpy(layer.params["b"]), dtype=np.float64)
+        if W.shape[1] < 2 or not (np.isfinite(W).all() and np.isfinite(b).all()):
+            continue
+        spread_w = float((W.max(axis=1) - W.min(axis=1)).max())
+        spread_b = float(b.max() - b.min())
+        scale = max(float(np.abs(W).max()), float(np.abs(b).max()))
+        if spread_w > 1e-6 * scale or spread_b > 1e-6 * scale:
+            continue
+        nxt = np.asarray(bk.to_numpy(dense[k + 1][1].params["W"]), dtype=np.float64)
+        out_spread = float((nxt.max(axis=0) - nxt.min(axis=0)).max()) if nxt.shape[0] == W.shape[1] else np.inf
+        clones = out_spread <= 1e-6 * max(float(np.abs(nxt).max()), 1e-30)
+        zero = scale == 0
+        state = "all zero" if zero else f"all equal to {float(W.flat[0]):.4g}"
+        if clones:
+            consequence = ("the next layer's weights treat them alike too, so they receive the same gradient "
+                           "and stay clones forever: the layer acts like a single unit")
+        else:
+            consequence = ("they compute the same output; only the next layer's random weights can tell them "
+                           "apart" + (", and with zero weights a ReLU after them passes no gradient at all"
+                                      if zero else ""))
+        out.append(Finding(
+            F.SYMMETRIC_WEIGHTS, "error" if clones or zero else "warning",
+            f"all {W.shape[1]} units of layer {path} ({layer.name}) are identical (every column of W is the "
+            f"same, {state}; equal biases): {consequence}.",
+            evidence={"layer": path, "units": int(W.shape[1]), "column_spread": spread_w,
+                      "bias_spread": spread_b, "value": float(W.flat[0]), "next_layer_row_spread": out_spread,
+                      "clones": bool(clones)},
+            remedy="initialise W randomly (Dense(..., init='he_normal') for ReLU, 'xavier_uniform' for "
+                   "tanh/sigmoid); constant or zero initialisation does not break the symmetry between units.",
+            where=f"layer {path}"))
