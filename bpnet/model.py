@@ -1,6 +1,7 @@
 """``Sequential``: a stack of layers with Keras's training API on an explicit backward pass."""
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
@@ -55,6 +56,8 @@ class Sequential(Layer):
         self.optimizer = None
         self.metrics: list[str] = []
         self.stop_training = False
+        self.skip_step = False      # set during a step (by a callback or the loss scaler) to veto the update
+        self.loss_scaler = None     # a mixed_precision.LossScaler when compiled with one
         self.history = None
         self.preprocessor = None    # e.g. a fitted Standardizer, saved with the model
 
@@ -152,14 +155,17 @@ class Sequential(Layer):
                     setattr(layer, attr, None)
 
     # -- Keras-style training ---------------------------------------------------------
-    def compile(self, loss="cross_entropy", optimizer="adam", metrics=None):
+    def compile(self, loss="cross_entropy", optimizer="adam", metrics=None, loss_scaler=None):
         """Choose the loss (name or instance), the optimizer and the metrics.
 
         ``metrics=None`` means ``["accuracy"]`` for classification losses, none otherwise.
+        ``loss_scaler`` (a :class:`bpnet.mixed_precision.LossScaler`) turns on mixed
+        precision: float16 compute, float32 master weights, dynamic loss scaling.
         """
         self.loss = get_loss(loss)
         self.loss.backend = self.backend
         self.optimizer = get_optimizer(optimizer).bind(self)
+        self.loss_scaler = None if loss_scaler is None else loss_scaler.bind(self)
         if metrics is None:
             metrics = ["accuracy"] if self.loss.kind == "classification" else []
         for m in metrics:
@@ -191,10 +197,19 @@ class Sequential(Layer):
     def train_step(self, xb, yb) -> tuple[float, object]:
         """One step of gradient descent on a batch; returns (loss, output)."""
         out = self.forward(xb, training=True)
-        loss = self.loss.forward(out, yb)
+        scaler = self.loss_scaler
+        if scaler is None:
+            loss = self.loss.forward(out, yb)
+            if self._anomaly is not None:
+                self._anomaly.check_loss(self, loss, out, yb)
+            self.backward(self.loss.backward())
+            return loss, out
+        # mixed precision: the loss in float32, its gradient scaled and cast to the compute dtype
+        loss = self.loss.forward(out.astype(scaler.master_dtype, copy=False), yb)
         if self._anomaly is not None:
             self._anomaly.check_loss(self, loss, out, yb)
-        self.backward(self.loss.backward())
+        self.backward(scaler.scale_loss_grad(self.loss.backward()))
+        scaler.unscale_grads()          # float32 gradients; on overflow sets skip_step
         return loss, out
 
     def fit(self, X, y, epochs: int = 1, batch_size: int = 32, validation_data=None,
@@ -272,21 +287,25 @@ class Sequential(Layer):
             yb_dev = self.backend.asarray(yb)
             loss, out = self.train_step(xb, yb_dev)
             cbs.on_backward_end(i, {"loss": loss})
-            self.optimizer.step()
-            if self._anomaly is not None:
-                self._anomaly.check_update(self)
+            skipped, self.skip_step = self.skip_step, False
+            if not skipped:
+                self.optimizer.step()
+                if self._anomaly is not None:
+                    self._anomaly.check_update(self)
             n = len(xb)
-            total_loss += loss * n
-            seen += n
-            if want_acc:
-                correct += int((self.loss.predict_labels(out).ravel() ==
-                                self.loss.true_labels(yb_dev).ravel()).sum())
-            cbs.on_batch_end(i, {"loss": loss, "size": n})
+            if not (skipped and not math.isfinite(loss)):    # a rolled-back bad batch is not counted
+                total_loss += loss * n
+                seen += n
+                if want_acc:
+                    correct += int((self.loss.predict_labels(out).ravel() ==
+                                    self.loss.true_labels(yb_dev).ravel()).sum())
+            cbs.on_batch_end(i, {"loss": loss, "size": n, "skipped": skipped})
             if self.stop_training:
                 break
         logs = {"loss": total_loss / max(seen, 1)}
         if want_acc:
             logs["accuracy"] = correct / max(seen, 1)
+        logs["lr"] = float(self.optimizer.lr)
         logs["time"] = time.perf_counter() - start
         return logs
 
@@ -300,6 +319,8 @@ class Sequential(Layer):
             for i in range(0, len(X), batch_size):
                 xb, yb = X[i:i + batch_size], self.backend.asarray(y[i:i + batch_size])
                 out = self.forward(xb, training=False)
+                if self.loss_scaler is not None:      # mixed precision: the loss in float32
+                    out = out.astype(self.loss_scaler.master_dtype, copy=False)
                 total += self.loss.forward(out, yb) * len(xb)
                 if "accuracy" in self.metrics:
                     correct += int((self.loss.predict_labels(out).ravel() ==
