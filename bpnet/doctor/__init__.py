@@ -8,6 +8,8 @@
   before training), :func:`check_model` (model vs loss) return
   :class:`Finding` objects with evidence and a remedy; ``fit(..., doctor=True)``
   runs them all and prints each finding once.
+* Inspection: :func:`trace` (one batch, layer by layer), :func:`overfit_check`
+  (can the pipeline memorise 10 samples?).
 """
 from .anomaly import AnomalyChecker, detect_anomaly
 from .callback import Doctor
@@ -16,7 +18,9 @@ from .diagnose import diagnose
 from .findings import Finding
 from .model_checks import check_model
 from .monitor import Monitor
+from .overfit import OverfitReport, overfit_check
 from .thresholds import Thresholds
+from .trace import trace
 
-__all__ = ["diagnose", "check_data", "check_model", "Monitor", "detect_anomaly", "Finding", "Thresholds",
-           "Doctor", "AnomalyChecker"]
+__all__ = ["diagnose", "check_data", "check_model", "overfit_check", "trace", "Monitor", "detect_anomaly",
+           "Finding", "Thresholds", "Doctor", "OverfitReport", "AnomalyChecker"]
