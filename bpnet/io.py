@@ -115,10 +115,6 @@ def restore_state(model, config: dict, arrays: dict):
         model.compile(loss=loss_from_config(config["loss"]["class"], config["loss"]["config"]),
                       optimizer=optimizer_from_config(config["optimizer"]["class"], config["optimizer"]["config"]),
                       metrics=config.get("metrics"))
-    if model.optimizer is not None:
-        opt_state = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("optimizer/")}
-        if opt_state:
-            model.optimizer.load_state_dict(opt_state)
     if "loss_scaler" in config and model.optimizer is not None:
         from .mixed_precision import LossScaler
         if getattr(model, "loss_scaler", None) is None:
@@ -126,6 +122,10 @@ def restore_state(model, config: dict, arrays: dict):
         model.loss_scaler.sync_from_model()
         model.loss_scaler.load_state_dict({k.split("/", 1)[1]: v for k, v in arrays.items()
                                            if k.startswith("loss_scaler/")})
+    if model.optimizer is not None:
+        opt_state = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("optimizer/")}
+        if opt_state:
+            model.optimizer.load_state_dict(opt_state)
     if "preprocessor" in config:
         from . import data
         cls = getattr(data, config["preprocessor"]["class"])

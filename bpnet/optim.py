@@ -91,11 +91,15 @@ class Optimizer:
         self.lr = float(state["lr"])
         if "initial_lr" in state:
             self.initial_lr = float(state["initial_lr"])
+        scaler = getattr(self.model, "loss_scaler", None)
         for k in self.state_names:
             if k in state:
                 arr = state[k]
+                # state lives in the dtype of the weights it updates (float32 masters under mixed precision)
+                dtype = scaler.master_dtype if scaler is not None else self.model.flat_params.dtype \
+                    if self.model is not None else None
                 # copy: two optimizers loaded from one state dict must not share their moments
-                self.state[k] = self.model.backend.asarray(np.array(arr, dtype=self.model.flat_params.dtype)) \
+                self.state[k] = self.model.backend.asarray(np.array(arr, dtype=dtype)) \
                     if self.model is not None else np.array(arr)
 
     def __repr__(self):
