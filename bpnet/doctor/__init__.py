@@ -7,7 +7,8 @@
 * Diagnosis: :func:`diagnose` (a run's history), :func:`check_data` (X, y
   before training), :func:`check_model` (model vs loss) return
   :class:`Finding` objects with evidence and a remedy; ``fit(..., doctor=True)``
-  runs them all and prints each finding once.
+  runs them all and prints each finding once.  :func:`check_gradients`
+  gradient-checks every layer and names the one whose backward is wrong.
 * Inspection: :func:`trace` (one batch, layer by layer), :func:`overfit_check`
   (can the pipeline memorise 10 samples?).
 """
@@ -16,11 +17,13 @@ from .callback import Doctor
 from .data_checks import check_data
 from .diagnose import diagnose
 from .findings import Finding
+from .gradients import check_gradients
 from .model_checks import check_model
 from .monitor import Monitor
 from .overfit import OverfitReport, overfit_check
 from .thresholds import Thresholds
 from .trace import trace
 
-__all__ = ["diagnose", "check_data", "check_model", "overfit_check", "trace", "Monitor", "detect_anomaly",
+__all__ = ["diagnose", "check_data", "check_model", "check_gradients", "overfit_check", "trace", "Monitor",
+           "detect_anomaly",
            "Finding", "Thresholds", "Doctor", "OverfitReport", "AnomalyChecker"]

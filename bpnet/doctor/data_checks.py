@@ -187,6 +187,15 @@ def _labels(out, y, loss, model, t):
             out.append(_label_finding(
                 f"{name}: y has {y.shape[1]} columns but the model has {n_out} outputs.", y, name, n_out,
                 remedy="make the last Dense layer as wide as y has columns."))
+        elif y.dtype.kind in "iu" and (y.ndim == 1 or y.shape[1] == 1) and n_out in (None, 1) \
+                and 3 <= len(values := np.unique(y)) <= 20 and np.array_equal(values, np.arange(len(values))):
+            out.append(_label_finding(
+                f"{name} is a regression loss but y holds the integers 0..{len(values) - 1} and nothing else: "
+                "they look like class labels. As numbers they claim an order and distances between classes "
+                "(a 7 'between' a 6 and an 8), and the squared error pulls ambiguous inputs toward "
+                "the mean label.", y, name, len(values), severity="warning",
+                remedy=f"for classification use {len(values)} outputs and loss='cross_entropy' (integer labels, "
+                       "logits out); keep MSE only if the integers really are quantities."))
 
 
 def _label_finding(message, y, loss_name, width, severity="error", remedy=None) -> Finding:

@@ -15,7 +15,9 @@ NONFINITE_LOSS          a NaN/Inf loss, with the signal that went wrong before i
 LR_TOO_HIGH             the loss rises several points in a row, or swings up and down
 LR_TOO_LOW / PLATEAU    the loss is flat; LR_TOO_LOW when the weights barely move too
                         (update/weight ratio < 1e-5)
-STEP_SIZE               a weight matrix's update/weight ratio > 1e-1 or < 1e-6 (healthy ~1e-3)
+STEP_SIZE               a weight matrix's update/weight ratio > 1e-1 or < 1e-6 (healthy ~1e-3),
+                        or plain SGD stepping by more than 3x lr·‖g‖ (gradients summed over steps)
+GRADIENT_ASCENT         the updates point along +∇L (median cosine of update and gradient > 0)
 OVERFITTING             validation loss rising 3 epochs in a row while training loss falls
 ======================  ==================================================================
 
@@ -46,7 +48,8 @@ def diagnose(history, model=None, thresholds: Thresholds | None = None) -> list[
     t = thresholds or Thresholds()
     run = _Run(history, model, t)
     out: list[Finding] = []
-    for rule in (_nonfinite_loss, _gradients, _activations, _learning_rate, _step_size, _overfitting):
+    for rule in (_nonfinite_loss, _gradients, _activations, _learning_rate, _step_size, _update_direction,
+                 _overfitting):
         out.extend(rule(run))
     if any(f.code == F.LR_TOO_LOW for f in out):     # the same cause, said more precisely
         out = [f for f in out if not (f.code == F.STEP_SIZE and f.where == "too small")]
@@ -91,7 +94,7 @@ class _Run:
             return ep, "epoch"
         losses = [r["loss"] for r in self.finite_steps]
         blocks = [float(np.mean(losses[i:i + _BLOCK])) for i in range(0, len(losses) - _BLOCK + 1, _BLOCK)]
-        return blocks, f"block of {_BLOCK} monitored steps"
+        return blocks, f"{_BLOCK}-step block"
 
 
 def _finite(v) -> bool:
@@ -280,7 +283,8 @@ def _learning_rate(run):
                     swings += 1
                 last_sign = sign
         if rise > t.rise_rel or swings >= t.swing_count:
-            why = (f"the loss rose {k} {unit}s in a row, by {rise:.0%} (from {tail[0]:.4g} to {tail[-1]:.4g})"
+            by = f"{rise:.0%}" if rise < 10 else f"a factor of {1 + rise:.3g}"
+            why = (f"the loss rose {k} {unit}s in a row, by {by} (from {tail[0]:.4g} to {tail[-1]:.4g})"
                    if rise > t.rise_rel else
                    f"the loss swung up and down by more than {t.swing_rel:.0%} {swings} times")
             out.append(Finding(
@@ -353,7 +357,61 @@ def _step_size(run):
             evidence={"ratios": low, "limit": t.step_low, "lr": _lr(run)},
             remedy="raise the learning rate (or check for vanishing gradients).",
             where="too small"))
+    out.extend(_step_multiplier(run))
     return out
+
+
+def _step_multiplier(run):
+    """Plain SGD steps by exactly lr·g (at most lr·‖g‖/(1-μ) with momentum μ): a larger update
+    is built from something else, typically gradients summed over steps without zero_grad."""
+    t = run.t
+    opt = getattr(run.model, "optimizer", None)
+    if type(opt).__name__ != "SGD" or getattr(opt, "weight_decay", 0.0):
+        return []
+    limit = t.step_growth / (1.0 - getattr(opt, "momentum", 0.0))
+    names = list(_weight_ratios(run, "update_ratio/"))
+    per_record = []
+    for r in run.finite_steps:
+        m = [r[f"update_ratio/{n}"] / r[f"lr_grad_ratio/{n}"] for n in names
+             if f"update_ratio/{n}" in r and r.get(f"lr_grad_ratio/{n}", 0) > 0]
+        if m:
+            per_record.append(float(np.median(m)))
+    if len(per_record) < t.recent:
+        return []
+    early, late = per_record[0], float(np.median(per_record[-t.recent:]))
+    if not late > limit:
+        return []
+    return [Finding(
+        F.STEP_SIZE, "warning",
+        f"the optimizer is SGD, whose step is lr·‖g‖{' / (1 - momentum)' if opt.momentum else ''}, yet "
+        f"recent updates are {late:.3g} times lr·‖g‖ (at the first record: {early:.3g}): the step is built "
+        "from more than the current gradient, typically gradients added up over steps because they "
+        "were never reset, so the update keeps growing.",
+        evidence={"multiplier_first": early, "multiplier_recent": late, "limit": limit,
+                  "multipliers": per_record[-12:], "lr": _lr(run)},
+        remedy="reset the gradient buffer before every backward pass (model.zero_grad() or "
+               "opt.zero_grad()); bpnet layers overwrite their grads, so this happens in hand-written "
+               "accumulation loops.",
+        where="growing")]
+
+
+def _update_direction(run):
+    t = run.t
+    cos = [r["update_grad_cos"] for r in run.finite_steps if _finite(r.get("update_grad_cos"))]
+    if len(cos) < t.recent:
+        return []
+    med = float(np.median(cos))
+    if not med > t.ascent_cos:
+        return []
+    return [Finding(
+        F.GRADIENT_ASCENT, "error",
+        f"the updates move the weights along the gradient, uphill: the cosine between each update and "
+        f"∇L has median {med:+.2f} over {len(cos)} steps (gradient descent gives -1 for SGD and below 0 "
+        "for any descent method), so every step raises the loss to first order whatever the "
+        "learning rate.",
+        evidence={"median_cos": med, "cos": cos[-12:], "limit": t.ascent_cos},
+        remedy="fix the sign of the update: w -= lr * g (not +=); if the gradient itself is "
+               "suspect, run bpnet.doctor.check_gradients(model, X[:4]).")]
 
 
 def _overfitting(run):

@@ -17,6 +17,10 @@ and ``<l>`` a layer path such as ``"1"`` (see ``model.parameters()``):
 ``update_ratio/<p>``       ‖p_new - p_old‖ / ‖p_old‖, the step the optimizer
                            really took (added after the update; equals
                            lr_grad_ratio for plain SGD, not for Adam)
+``update_grad_cos``        cosine between the whole update Δp and the gradient
+                           (added after the update): -1 for plain SGD, below 0
+                           for any descent method; above 0 means the weights
+                           moved uphill
 ``act_mean/<l>``,          mean and std of an activation layer's output
 ``act_std/<l>``
 ``dead_frac/<l>``          ReLU: fraction of units whose output is 0 for every
@@ -95,12 +99,19 @@ class Monitor(Callback):
         record, self._pending = self._pending, None
         if record is not None:
             xp = self.model.backend.xp
+            dot = step_sq = 0.0
             for name, owner, key in self.model.named_parameters():
                 diff = self._before[name]
                 xp.subtract(owner.params[key], diff, out=diff)       # p_new - p_old, in place
-                step = math.sqrt(_sum_squares(xp, diff))
+                step_sq_p = _sum_squares(xp, diff)
+                step = math.sqrt(step_sq_p)
                 w = record[f"weight_norm/{name}"]
                 record[f"update_ratio/{name}"] = step / w if w > 0 else (0.0 if step == 0 else math.inf)
+                dot += _dot(xp, diff, owner.grads[key])
+                step_sq += step_sq_p
+            g = record["grad_norm/total"]
+            den = math.sqrt(step_sq) * g
+            record["update_grad_cos"] = dot / den if den > 0 and math.isfinite(den) else math.nan
         self.step += 1
 
     # -- the measurements -------------------------------------------------------------
@@ -116,9 +127,10 @@ class Monitor(Callback):
         largest = max((owner.params[key].size for _, owner, key in params), default=0)
         if self._zero_mask is None or self._zero_mask.size < largest:
             self._zero_mask = bk.xp.empty((largest,), dtype=bool)
+        unscale = _loss_scale(model) ** -2          # mixed precision: the float16 grads are scaled by S
         for name, owner, key in params:
             g, p = owner.grads[key], owner.params[key]
-            g_sq = _sum_squares(bk.xp, g)
+            g_sq = _sum_squares(bk.xp, g) * unscale
             gn, wn = math.sqrt(g_sq), math.sqrt(_sum_squares(bk.xp, p))
             rec[f"grad_norm/{name}"] = gn
             rec[f"weight_norm/{name}"] = wn
@@ -142,12 +154,37 @@ class Monitor(Callback):
         return rec
 
 
+def _loss_scale(model) -> float:
+    """The factor S the model's gradients currently carry (1 without a float16 loss scaler).
+
+    A :class:`~bpnet.mixed_precision.LossScaler` leaves the float16 gradients
+    multiplied by the scale S of this step (the true ones go to its float32
+    master buffer); S may have grown right after unscaling, which shows as
+    ``good_steps == 0`` on a step that was not skipped.
+    """
+    scaler = getattr(model, "loss_scaler", None)
+    if scaler is None or not getattr(scaler, "separate_master", False):
+        return 1.0
+    scale = float(scaler.scale)
+    if scaler.good_steps == 0 and not getattr(model, "skip_step", False):
+        scale /= scaler.growth_factor
+    return scale
+
+
 def _sum_squares(xp, a) -> float:
     """Σ a² as one BLAS dot product (float16 is widened first so it cannot overflow)."""
     a = a.ravel()
     if a.dtype.itemsize < 4:
         a = a.astype(xp.float32)
     return float(xp.vdot(a, a))
+
+
+def _dot(xp, a, b) -> float:
+    """Σ a ⊙ b as one BLAS dot product (float16 is widened first)."""
+    a, b = a.ravel(), b.ravel()
+    if a.dtype.itemsize < 4:
+        a, b = a.astype(xp.float32), b.astype(xp.float32)
+    return float(xp.vdot(a, b))
 
 
 def activation_stats(kind: str, y, path: str) -> dict:

@@ -42,6 +42,12 @@ class Thresholds:
       lr_low_ratio    flat loss with update/weight ratio below this: LR too low (1e-5).
       step_high, step_low   update/weight ratio of a weight matrix outside
                       [step_low, step_high] (a healthy step is ~1e-3): STEP_SIZE (1e-1, 1e-6).
+      step_growth     with plain SGD the update is exactly lr·g; an update more than
+                      this many times lr·‖g‖ (divided by 1 - momentum) means the
+                      step is built from something else, e.g. gradients summed
+                      over steps without zero_grad: STEP_SIZE (3).
+      ascent_cos      median cosine between update and gradient above this: the
+                      updates climb the loss (a sign error): GRADIENT_ASCENT (0).
       overfit_epochs  validation loss rising this many epochs in a row while
                       the training loss falls ... (3)
       overfit_rise    ... and ending this fraction above its best: overfitting (0.05).
@@ -75,6 +81,8 @@ class Thresholds:
     lr_low_ratio: float = 1e-5
     step_high: float = 1e-1
     step_low: float = 1e-6
+    step_growth: float = 3.0
+    ascent_cos: float = 0.0
     overfit_epochs: int = 3
     overfit_rise: float = 0.05
     mean_max: float = 1e2
