@@ -99,7 +99,7 @@ class Monitor(Callback):
         record, self._pending = self._pending, None
         if record is not None:
             xp = self.model.backend.xp
-            dot = step_sq = 0.0
+            dot = step_sq = grad_sq = 0.0
             for name, owner, key in self.model.named_parameters():
                 diff = self._before[name]
                 xp.subtract(owner.params[key], diff, out=diff)       # p_new - p_old, in place
@@ -107,10 +107,11 @@ class Monitor(Callback):
                 step = math.sqrt(step_sq_p)
                 w = record[f"weight_norm/{name}"]
                 record[f"update_ratio/{name}"] = step / w if w > 0 else (0.0 if step == 0 else math.inf)
-                dot += _dot(xp, diff, owner.grads[key])
+                g = owner.grads[key]                  # as stored (scaled under a loss scaler): the
+                dot += _dot(xp, diff, g)              # cosine does not depend on the scale
                 step_sq += step_sq_p
-            g = record["grad_norm/total"]
-            den = math.sqrt(step_sq) * g
+                grad_sq += _sum_squares(xp, g)
+            den = math.sqrt(step_sq * grad_sq)
             record["update_grad_cos"] = dot / den if den > 0 and math.isfinite(den) else math.nan
         self.step += 1
 
