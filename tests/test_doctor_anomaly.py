@@ -149,3 +149,14 @@ def test_a_clean_run_is_identical_with_and_without_anomaly_mode():
         runs.append((h["loss"], model.flat_params.copy()))
     assert runs[0][0] == runs[1][0]
     np.testing.assert_array_equal(runs[0][1], runs[1][1])
+
+
+def test_loss_scaler_overflow_is_not_an_anomaly():
+    from bpnet.mixed_precision import LossScaler
+    X, y = blobs(n=64)
+    model = mlp(hidden=(8,), dtype="float16")
+    scaler = LossScaler(init_scale=2.0 ** 40)             # float16 gradients overflow: steps are skipped
+    model.compile(optimizer=Adam(1e-3), loss_scaler=scaler)
+    with np.errstate(over="ignore", invalid="ignore"):
+        h = model.fit(X, y, epochs=2, batch_size=16, verbose=0, detect_anomaly=True)
+    assert scaler.overflows > 0 and np.isfinite(h["loss"]).all()

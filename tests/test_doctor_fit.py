@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from bpnet import Adam, DataError, Dense, Monitor, ReLU, SGD, Sequential, Softmax
+from bpnet import Adam, DataError, Dense, LabelError, Monitor, ReLU, SGD, Sequential, Softmax
 from bpnet.data import Standardizer, load_digits, make_spirals, train_test_split
 from bpnet.doctor import Doctor
 from doctor_helpers import blobs, mlp, one_blas_thread  # noqa: F401
@@ -70,3 +70,13 @@ def test_doctor_diagnoses_during_training_and_uses_an_existing_monitor():
                   doctor=Doctor(print_fn=None))
     assert [f.code for f in h.findings] == ["DYING_RELU"]
     assert h.steps == mon.records and [r["step"] for r in h.steps] == list(range(0, 16, 2))
+
+
+def test_doctor_builds_the_model_first_so_labels_are_checked_against_its_outputs(capsys):
+    X, y = blobs(n=60)
+    model = mlp()                                          # 3 outputs, labels 1..3
+    model.compile(optimizer=Adam())
+    with pytest.raises(LabelError):
+        model.fit(X, y + 1, epochs=1, verbose=0, doctor=True)
+    out = capsys.readouterr().out
+    assert "LABEL_FORMAT" in out and "0..2" in out

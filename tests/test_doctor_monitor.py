@@ -126,3 +126,17 @@ def test_hand_written_loop_and_bad_every():
     assert all("update_ratio/0.W" in r for r in mon.records)
     with pytest.raises(ValueError):
         Monitor(every=0)
+
+
+def test_mixed_precision_gradients_are_recorded_unscaled():
+    from bpnet.mixed_precision import LossScaler
+    X, y = blobs(n=64)
+    runs = {}
+    for dtype, scaler in (("float32", None), ("float16", LossScaler(init_scale=2.0 ** 10))):
+        model = mlp(hidden=(8,), dtype=dtype)
+        model.compile(optimizer=SGD(lr=0.1), loss_scaler=scaler)
+        mon = Monitor(every=1)
+        model.fit(X, y, epochs=1, batch_size=64, shuffle=False, verbose=0, callbacks=[mon])
+        runs[dtype] = mon.records[0]
+    for key in ("grad_norm/0.W", "grad_norm/2.W", "grad_norm/total"):
+        assert runs["float16"][key] == pytest.approx(runs["float32"][key], rel=1e-2)

@@ -14,6 +14,9 @@ parameters after each optimizer step are checked with the backend's
 * ``rows``: the batch rows holding a non-finite value;
 * ``data_to_blame``: True when the input batch itself was already non-finite.
 
+With a mixed-precision loss scaler the backward pass is not checked: its
+float16 gradients overflow by design, and the scaler skips those steps.
+
 Because the checks run in order, the first failure is the origin: the layer
 whose *input* was finite but whose *output* is not.  Locating rows and
 culprit parameters costs extra work only after a check has failed.
@@ -167,6 +170,12 @@ class AnomalyChecker:
 
     # -- backward ---------------------------------------------------------------------
     def backward(self, model, dy):
+        if getattr(model, "loss_scaler", None) is not None:
+            # mixed precision: float16 gradients overflow by design; the loss scaler detects
+            # that and skips the step, so only forward, loss and update are checked
+            for layer in reversed(model.layers):
+                dy = layer.backward(dy)
+            return dy
         bk = model.backend
         path = self._path
         if not path and not bk.all_finite(dy):

@@ -10,6 +10,7 @@ signals exist.
 from __future__ import annotations
 
 from ..callbacks import Callback
+from ..errors import BpnetError
 from .data_checks import check_data
 from .diagnose import diagnose
 from .model_checks import check_model
@@ -60,6 +61,13 @@ def attach_doctor(model, doctor, X, y, callbacks) -> list:
     with the Doctor (and a Monitor, if there is none) added."""
     doc = doctor if isinstance(doctor, Doctor) else Doctor()
     doc.set_model(model)
+    if not model.built:               # build now (as fit would) so the checks know the output width
+        shape = getattr(X, "shape", None)
+        if shape is not None and len(shape) >= 2 and shape[0] > 0:
+            try:
+                model.build(tuple(shape[1:]))
+            except BpnetError:        # fit's own validation explains it
+                pass
     callbacks = list(callbacks or [])
     if not any(isinstance(c, Monitor) for c in callbacks):
         callbacks.insert(0, Monitor(every=doc.every))
