@@ -159,7 +159,9 @@ class CrossEntropy(_Categorical):
 
         ℓ_i = -Σ_c w_c q_ic log p_ic,   L = Σ_i ℓ_i / Σ_i a_i,   a_i = Σ_c w_c q_ic
 
-    (for integer labels a_i = w_{y_i}: PyTorch's weighted mean).  Backward,
+    (for integer labels without smoothing a_i = w_{y_i}: PyTorch's weighted mean;
+    with smoothing or probability targets bpnet divides by Σ a_i, PyTorch by
+    Σ w_{y_i} or N).  Backward,
     using ∂log p_ic/∂z_ij = δ_cj - p_ij:
 
         ∂L/∂z_ij = (a_i p_ij - w_j q_ij) / Σ_i a_i     (= (p - q)/N unweighted)
