@@ -10,6 +10,7 @@ from .backends import available_backends, get_backend
 from .callbacks import Callback
 from .clip import clip_grad_norm, clip_grad_value
 from .distributed import DistributedTrainer
+from .env import show_versions
 from .errors import (BackendError, BpnetError, CheckpointError, ConfigError, DataError, GradcheckError,
                      LabelError, NonFiniteError, NotBuiltError, ShapeError)
 from .gradcheck import GradcheckReport, gradcheck
@@ -34,5 +35,5 @@ __all__ = [
     "get_backend", "available_backends", "DistributedTrainer",
     "BpnetError", "ShapeError", "LabelError", "DataError", "ConfigError", "NotBuiltError", "BackendError",
     "GradcheckError", "NonFiniteError", "CheckpointError", "__version__",
-    "doctor", "Monitor", "detect_anomaly",
+    "doctor", "Monitor", "detect_anomaly", "show_versions",
 ]
