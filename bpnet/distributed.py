@@ -109,6 +109,11 @@ def _query_cuda_support() -> bool:
     return False
 
 
+# Seconds to wait between printing why we abort and calling Abort: the launcher forwards each
+# rank's output through a pipe, and Abort tears the job down, pipes included.
+ABORT_GRACE_S = 1.0
+
+
 def _shard(m: int, size: int, rank: int) -> tuple[int, int]:
     """Start and length of rank's part of m items split into ``size`` near-equal pieces."""
     base, extra = divmod(m, size)
@@ -280,6 +285,7 @@ class DistributedTrainer:
             sys.stderr.write(msg + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
             sys.stderr.write(f"bpnet.distributed: rank {self.rank} is aborting all {self.size} ranks\n")
             sys.stderr.flush()
+            time.sleep(ABORT_GRACE_S)
         finally:
             self.comm.Abort(1)
 
@@ -293,6 +299,7 @@ class DistributedTrainer:
                     f"{idle:.1f} s (step_timeout={limit}) during {self._where}; a rank is stuck or "
                     f"lost: aborting all ranks\n")
                 sys.stderr.flush()
+                time.sleep(ABORT_GRACE_S)
                 self.comm.Abort(2)
 
     # -- training -------------------------------------------------------------------------------

@@ -100,7 +100,7 @@ def test_float16_buffers_are_reduced_through_float32(two_rank_run):
 @needs_mpi
 def test_a_rank_that_raises_stops_every_rank_and_is_named(tmp_path):
     rc, log, seconds = run_mpi("fault.py", 2, tmp_path, "raise", timeout=60)
-    assert rc != 0, log
+    assert rc != 0, f"exit code {rc}: {log}"
     assert seconds < 30, f"the failed run took {seconds:.1f} s to end"
     assert "rank 1 of 2 failed during epoch 1, batch 3" in log, log
     assert "RuntimeError: injected failure at step 3" in log, log
@@ -110,9 +110,9 @@ def test_a_rank_that_raises_stops_every_rank_and_is_named(tmp_path):
 @needs_mpi
 def test_a_stalled_rank_is_caught_by_the_step_timeout(tmp_path):
     rc, log, seconds = run_mpi("fault.py", 2, tmp_path, "hang", timeout=60)
-    assert rc != 0, log
+    assert rc != 0, f"exit code {rc}: {log}"
     assert seconds < 30, f"the stalled run took {seconds:.1f} s to end (step_timeout is 2 s)"
-    assert "made no progress for" in log and "step_timeout=2.0" in log, log
+    assert "made no progress for" in log and "step_timeout=2.0" in log, f"exit code {rc}: {log!r}"
     assert not list(tmp_path.glob("finished-rank*"))
 
 
