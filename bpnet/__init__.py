@@ -7,7 +7,8 @@
 """
 from . import data, init
 from .backends import available_backends, get_backend
-from .callbacks import Callback
+from .callbacks import (Callback, EarlyStopping, GradientClipping, LearningRateScheduler, ModelCheckpoint,
+                        NaNGuard, ReduceLROnPlateau, Reinitialize, TerminateOnNaN)
 from .clip import clip_grad_norm, clip_grad_value
 from .distributed import DistributedTrainer
 from .env import show_versions
@@ -19,10 +20,12 @@ from .init import calculate_gain
 from .layers import (ELU, BatchNorm1d, Dense, Dropout, Flatten, Identity, Layer, LeakyReLU, ReLU, Residual,
                      Sigmoid, Softmax, Tanh)
 from .losses import MAE, MSE, BCEWithLogits, CrossEntropy, FocalLoss, Loss
+from .mixed_precision import LossScaler
 from .model import Sequential
 from . import doctor
 from .doctor import Monitor, detect_anomaly
 from .optim import SGD, Adam, AdamW, Optimizer, RMSProp
+from .schedules import CosineAnnealing, ExponentialLR, LinearWarmup, StepLR
 
 __version__ = "0.1.0"
 
@@ -36,4 +39,7 @@ __all__ = [
     "BpnetError", "ShapeError", "LabelError", "DataError", "ConfigError", "NotBuiltError", "BackendError",
     "GradcheckError", "NonFiniteError", "CheckpointError", "__version__",
     "doctor", "Monitor", "detect_anomaly", "show_versions",
+    "EarlyStopping", "ReduceLROnPlateau", "TerminateOnNaN", "ModelCheckpoint", "NaNGuard", "Reinitialize",
+    "GradientClipping", "LearningRateScheduler", "StepLR", "ExponentialLR", "CosineAnnealing", "LinearWarmup",
+    "LossScaler",
 ]
