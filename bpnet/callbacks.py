@@ -176,9 +176,9 @@ class TrainingState:
                 scaler.sync_from_model()
         if self.with_optimizer and model.optimizer is not None:
             model.optimizer.t = self.opt_t
-            for k, saved in self.opt_state.items():
-                if k in model.optimizer.state and model.optimizer.state[k] is not None:
-                    model.optimizer.state[k][...] = saved
+            for k, state in model.optimizer.state.items():
+                if state is not None:       # state created after the capture started out as zeros
+                    state[...] = self.opt_state[k] if k in self.opt_state else 0
         return model
 
 

@@ -190,7 +190,8 @@ def _register_train(sub):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--test-size", type=float, default=0.2, help="fraction held out for the test score")
     p.add_argument("--val-split", type=float, default=0.1, help="fraction of training data for validation")
-    p.add_argument("--backend", default=None, choices=(None, "numpy", "numba", "cupy"))
+    p.add_argument("--backend", default=None, choices=("numpy", "numba", "cupy"),
+                   help="array backend (default: $BPNET_BACKEND, else numba when installed)")
     p.add_argument("--doctor", action="store_true", help="monitor the run and print the diagnosis")
     p.add_argument("--detect-anomaly", action="store_true", help="stop at the first NaN/Inf, naming the layer")
     p.add_argument("--checkpoint", metavar="PATH", help="save the best model (lowest val_loss) here")

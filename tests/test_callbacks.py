@@ -252,6 +252,22 @@ def test_nan_guard_restores_last_good_state_bit_exactly_and_cuts_lr(spirals):
     assert model.optimizer.t == 10                  # 12 batches: step 6 rolled back, step 7 skipped
 
 
+def test_nan_guard_rollback_before_the_optimizer_state_exists(spirals):
+    """A failure at step 1 rolls back to step 0, before Adam's moments were created: they return to zero."""
+    X, y = spirals
+    model = mlp(optimizer=Adam(lr=0.02))
+
+    def poison(model, step, logs):
+        if step == 1:
+            model.flat_grads[0] = np.nan
+    rec, after = Recorder(), After()
+    model.fit(X, y, epochs=1, batch_size=50, callbacks=[rec, Steps(poison), NaNGuard(), after], verbose=0)
+    params1, state1, t1, lr1 = after.states[1]
+    np.testing.assert_array_equal(params1, rec.states[0][0])
+    assert rec.states[0][1] == {} and (t1, lr1) == (0, 0.01)
+    assert not state1["m"].any() and not state1["v"].any()
+
+
 def test_nan_guard_gives_up_after_max_restarts(spirals):
     X, y = spirals
 
