@@ -103,6 +103,7 @@ class _Monitored(Callback):
         self.mode = _resolve_mode(mode, monitor)
         self.min_delta = abs(float(min_delta))
         self.best = None
+        self.label = None       # the owner's name in error messages, when used as a helper
 
     def _reset_best(self):
         self.best = math.inf if self.mode == "min" else -math.inf
@@ -111,7 +112,7 @@ class _Monitored(Callback):
         logs = logs or {}
         if self.monitor not in logs:
             hint = " (pass validation_data or validation_split to fit)" if self.monitor.startswith("val_") else ""
-            raise ConfigError(f"{type(self).__name__} monitors {self.monitor!r} but the epoch logs only "
+            raise ConfigError(f"{self.label or type(self).__name__} monitors {self.monitor!r} but the epoch logs only "
                               f"have {sorted(logs)}{hint}")
         return float(logs[self.monitor])
 
@@ -513,6 +514,7 @@ class Reinitialize(Callback):
         initializers.get_initializer(scheme)
         self.scheme, self.layers, self.when = scheme, layers, when
         self.plateau = _Monitored(monitor, "auto", min_delta)
+        self.plateau.label = "Reinitialize(when='plateau')"
         self.patience, self.max_times = int(patience), int(max_times)
         self.events: list = []
         self.epoch = 0
