@@ -87,6 +87,7 @@ class Sequential(Layer):
             shape = layer.build(shape, ctx)
         self.output_shape = tuple(shape)
         self.built = True
+        self._steps = _fuse_dense_activation(self.layers)
         if root:
             self._pack_parameters()
         return self.output_shape
@@ -129,15 +130,15 @@ class Sequential(Layer):
             raise ShapeError(self._input_mismatch(tuple(x.shape)))
         if self._anomaly is not None:           # the same loop, checking each output for NaN/Inf
             return self._anomaly.forward(self, x, training)
-        for layer in self.layers:
-            x = layer.forward(x, training)
+        for step in self._steps:               # the layers, with Dense + activation fused
+            x = step.forward(x, training)
         return x
 
     def backward(self, dy):
         if self._anomaly is not None:
             return self._anomaly.backward(self, dy)
-        for layer in reversed(self.layers):
-            dy = layer.backward(dy)
+        for step in reversed(self._steps):
+            dy = step.backward(dy)
         return dy
 
     def parameters(self) -> dict:
@@ -394,3 +395,43 @@ class Sequential(Layer):
     def __repr__(self):
         inner = ",\n  ".join(repr(layer) for layer in self.layers)
         return f"Sequential([\n  {inner}\n], seed={self.seed}, dtype={self.dtype.name}, backend={self.backend.name!r})"
+
+
+class _DenseActivation:
+    """A Dense layer and the activation after it, run as one step.
+
+    Forward computes z = x W, then z ← f(z + b) in one fused pass
+    (``backend.bias_act_forward``) instead of a bias pass and an activation
+    pass; both layers keep what their own ``backward`` needs, so backward is
+    simply the activation's backward followed by the Dense layer's.
+    """
+
+    def __init__(self, dense, activation):
+        self.dense, self.activation = dense, activation
+
+    def forward(self, x, training):
+        dense, act = self.dense, self.activation
+        dense._check_features(x, dense.in_features)
+        dense.x = x
+        z = dense.backend.xp.matmul(x, dense.params["W"])
+        act.y = dense.backend.bias_act_forward(act.kind, z, dense.params["b"], act.alpha)
+        return act.y
+
+    def backward(self, dy):
+        return self.dense.backward(self.activation.backward(dy))
+
+
+def _fuse_dense_activation(layers):
+    """The execution plan: each exact Dense followed by a pointwise Activation becomes one step."""
+    from .layers import Activation, Dense
+    steps, i = [], 0
+    while i < len(layers):
+        nxt = layers[i + 1] if i + 1 < len(layers) else None
+        if type(layers[i]) is Dense and isinstance(nxt, Activation) and \
+                type(nxt).forward is Activation.forward and type(nxt).backward is Activation.backward:
+            steps.append(_DenseActivation(layers[i], nxt))
+            i += 2
+        else:
+            steps.append(layers[i])
+            i += 1
+    return steps
