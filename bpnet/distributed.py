@@ -142,7 +142,7 @@ class DistributedTrainer:
         self.comm = get_comm(comm)
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
         self.model = model
-        self.cuda_aware = _query_cuda_support() if cuda_aware is None else bool(cuda_aware)
+        self._cuda_aware = None if cuda_aware is None else bool(cuda_aware)
         if step_timeout is not None and not step_timeout > 0:
             raise ConfigError(f"step_timeout={step_timeout!r} must be a positive number of seconds or None")
         self.step_timeout = step_timeout
@@ -150,6 +150,13 @@ class DistributedTrainer:
         self._staging: dict = {}
         self._where = "setup"
         self._beat = time.monotonic()
+
+    @property
+    def cuda_aware(self) -> bool:
+        """Whether device buffers go to MPI directly (asked once, on first use)."""
+        if self._cuda_aware is None:
+            self._cuda_aware = _query_cuda_support()
+        return self._cuda_aware
 
     @property
     def is_root(self) -> bool:

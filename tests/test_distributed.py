@@ -163,3 +163,75 @@ def test_missing_mpi4py_gives_an_install_hint(monkeypatch):
         DistributedTrainer(model)
     with pytest.raises(MissingDependencyError, match="mpi4py"):
         model.fit(*make_data(), epochs=1, verbose=0, distributed=True)
+
+
+# ----------------------------------------------------------------------------- device buffers (no GPU needed)
+class FakeDeviceArray:
+    """Stands in for a CuPy array: not an np.ndarray; copied out with .get(out=...)."""
+
+    def __init__(self, a):
+        self.a = np.array(a)
+
+    dtype = property(lambda self: self.a.dtype)
+    shape = property(lambda self: self.a.shape)
+
+    def get(self, out):
+        out[...] = self.a
+
+    def __setitem__(self, key, value):
+        self.a[key] = value.a if isinstance(value, FakeDeviceArray) else value
+
+
+class FakeComm:
+    """Two ranks holding the same buffer: an in-place sum doubles it.  Records what MPI was handed."""
+
+    def __init__(self):
+        self.handed = []
+
+    def Allreduce(self, sendbuf, buf, op=None):
+        self.handed.append(type(buf))
+        if isinstance(buf, FakeDeviceArray):
+            buf.a *= 2
+        else:
+            buf *= 2
+
+
+def fake_trainer(cuda_aware):
+    from types import SimpleNamespace
+
+    from bpnet.backends import NumpyBackend
+    from bpnet.distributed import DistributedTrainer
+
+    class DeviceBackend(NumpyBackend):
+        syncs = 0
+
+        def asarray(self, x, dtype=None):
+            return FakeDeviceArray(np.asarray(x, dtype=dtype))
+
+        def to_numpy(self, x):
+            return x.a
+
+        def synchronize(self):
+            DeviceBackend.syncs += 1
+
+    trainer = DistributedTrainer.__new__(DistributedTrainer)     # no MPI: a fake communicator
+    trainer.MPI = SimpleNamespace(IN_PLACE=None, SUM="sum")
+    trainer.comm, trainer.rank, trainer.size = FakeComm(), 0, 2
+    trainer.model = SimpleNamespace(backend=DeviceBackend())
+    trainer._cuda_aware, trainer._staging = cuda_aware, {}
+    return trainer
+
+
+@pytest.mark.parametrize("cuda_aware", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_device_buffers_go_to_mpi_directly_only_when_it_is_cuda_aware(cuda_aware, dtype):
+    trainer = fake_trainer(cuda_aware)
+    g = FakeDeviceArray(np.arange(4, dtype=dtype))
+    trainer._allreduce_(g, "grads")
+    np.testing.assert_array_equal(g.a, 2 * np.arange(4))
+    assert g.dtype == dtype
+    direct = cuda_aware and dtype == np.float32          # float16 always travels as float32 on the host
+    assert trainer.comm.handed == [FakeDeviceArray if direct else np.ndarray]
+    assert trainer.model.backend.syncs == (1 if direct else 0)   # MPI reads finished results only
+    if not direct:
+        assert trainer._staging["grads"].dtype == np.float32
