@@ -57,9 +57,8 @@ except ImportError:                        # pragma: no cover - older scikit-lea
     def validate_data(estimator, X="no_validation", y="no_validation", reset=True, **kw):
         return estimator._validate_data(X, y, reset=reset, **kw)
 
-from . import callbacks as _callbacks
 from .backends import get_backend
-from .callbacks import Callback
+from .callbacks import EarlyStopping
 from .io import model_state, restore_state
 from .layers import ACTIVATION_LAYERS, Dense, Dropout
 from .losses import MSE, CrossEntropy
@@ -67,44 +66,6 @@ from .model import Sequential
 from .optim import OPTIMIZERS, Optimizer, optimizer_from_config
 
 __all__ = ["BPNetClassifier", "BPNetRegressor"]
-
-
-class _Patience(Callback):
-    """Stop when ``val_loss`` has not improved for ``patience`` epochs; restore the best weights.
-
-    Used when :mod:`bpnet.callbacks` provides no ``EarlyStopping``.
-    """
-
-    def __init__(self, patience: int, min_delta: float = 0.0):
-        self.patience, self.min_delta = int(patience), float(min_delta)
-        self.best, self.best_params, self.wait = np.inf, None, 0
-
-    def on_epoch_end(self, epoch, logs=None):
-        loss = (logs or {}).get("val_loss")
-        if loss is None:
-            return
-        if loss < self.best - self.min_delta:
-            self.best, self.wait = loss, 0
-            self.best_params = self.model.flat_params.copy()
-        else:
-            self.wait += 1
-            if self.wait >= self.patience:
-                self.model.stop_training = True
-
-    def on_train_end(self, logs=None):
-        if self.best_params is not None:
-            self.model.flat_params[...] = self.best_params
-
-
-def _early_stopping(patience: int) -> Callback:
-    """bpnet's ``EarlyStopping`` callback when it exists, else :class:`_Patience`."""
-    cls = getattr(_callbacks, "EarlyStopping", None)
-    if cls is not None:
-        try:
-            return cls(monitor="val_loss", patience=patience, restore_best_weights=True)
-        except TypeError:           # a different signature: fall back to the simple loop
-            pass
-    return _Patience(patience)
 
 
 class _BPNetBase(BaseEstimator):
@@ -193,7 +154,8 @@ class _BPNetBase(BaseEstimator):
             except ValueError:                  # validation set smaller than the number of classes
                 X, Xv, y, yv = _sk_split(X, y, test_size=self.validation_fraction, random_state=int(self.seed))
             validation_data = (Xv, yv)
-            callbacks.append(_early_stopping(self.patience))
+            callbacks.append(EarlyStopping(monitor="val_loss", patience=int(self.patience),
+                                           restore_best_weights=True))
         history = model.fit(X, y, epochs=int(self.epochs), batch_size=min(int(self.batch_size), len(X)),
                             validation_data=validation_data, callbacks=callbacks,
                             verbose=1 if self.verbose else 0)
