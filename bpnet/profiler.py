@@ -36,8 +36,10 @@ __all__ = ["profile", "ProfileReport"]
 class ProfileReport:
     """What :func:`profile` measured.
 
-    ``rows`` holds one dict per top-level layer, then one for the loss and one
-    for the optimizer, with keys ``name``, ``kind`` ("layer", "loss",
+    ``rows`` holds one dict per step of the model's forward pass -- a top-level
+    layer, or a Dense layer and its activation where the model runs them as
+    one fused step (then ``name`` is e.g. ``"0 dense+relu"`` and ``type``
+    ``"Dense+ReLU"``) -- then one for the loss and one for the optimizer, with keys ``name``, ``kind`` ("layer", "loss",
     "optimizer"), ``type``, ``forward_ms``, ``backward_ms``, ``total_ms``
     (medians), ``share`` (of ``parts_ms``; the shares sum to 1) and
     ``activation_bytes`` (bytes of the layer's output for the batch; 0 for loss
@@ -129,6 +131,13 @@ class _State:
         model.clear_cache()
 
 
+def _step_layers(step) -> list:
+    """The layers one step of the execution plan runs (a fused Dense + activation is two)."""
+    if hasattr(step, "dense") and hasattr(step, "activation"):
+        return [step.dense, step.activation]
+    return [step]
+
+
 def profile(model, X, y, steps: int = 20, print_fn=print, batch_size: int | None = None,
             warmup: int = 3) -> ProfileReport:
     """Time each layer's forward and backward, the loss and the optimizer over ``steps`` steps.
@@ -155,7 +164,10 @@ def profile(model, X, y, steps: int = 20, print_fn=print, batch_size: int | None
         X, y = X[:int(batch_size)], y[:int(batch_size)]
     bk = model.backend
     xb, yb = bk.asarray(X, dtype=model.dtype), bk.asarray(y)
-    layers, loss, opt = list(model.layers), model.loss, model.optimizer
+    # time what the model runs: its execution plan, where a Dense and the activation after it
+    # are one fused step (see Sequential.build), else the layers one by one
+    layers = list(getattr(model, "_steps", None) or model.layers)
+    loss, opt = model.loss, model.optimizer
     n = len(layers)
     fwd = [[] for _ in range(n)]
     bwd = [[] for _ in range(n)]
@@ -207,9 +219,10 @@ def profile(model, X, y, steps: int = 20, print_fn=print, batch_size: int | None
             whole.append(t1 - t0)
 
     saved = _State(model)
-    first_needs_dx = getattr(layers[0], "needs_input_grad", None)
+    first = model.layers[0]
+    first_needs_dx = getattr(first, "needs_input_grad", None)
     if first_needs_dx is not None:
-        layers[0].needs_input_grad = False        # as in fit: nobody reads dL/dX
+        first.needs_input_grad = False            # as in fit: nobody reads dL/dX
     trusted, loss.trusted = loss.trusted, True     # as in fit: targets validated once above
     gc_enabled = gc.isenabled()
     gc.disable()                                   # no collector pauses inside a timed step (as timeit)
@@ -225,18 +238,21 @@ def profile(model, X, y, steps: int = 20, print_fn=print, batch_size: int | None
             gc.enable()
         loss.trusted = trusted
         if first_needs_dx is not None:
-            layers[0].needs_input_grad = first_needs_dx
+            first.needs_input_grad = first_needs_dx
         saved.restore()
 
     def med_ms(samples):
         return 1e3 * statistics.median(samples)
 
-    rows = []
-    for i, layer in enumerate(layers):
+    rows, index = [], 0
+    for i, step in enumerate(layers):
+        parts = _step_layers(step)
         f, b = med_ms(fwd[i]), med_ms(bwd[i])
-        rows.append({"name": f"{i} {layer.name}", "kind": "layer", "type": type(layer).__name__,
+        rows.append({"name": f"{index} " + "+".join(p.name for p in parts), "kind": "layer",
+                     "type": "+".join(type(p).__name__ for p in parts),
                      "forward_ms": f, "backward_ms": b, "total_ms": f + b,
                      "activation_bytes": act_bytes[i]})
+        index += len(parts)
     lt, ot = med_ms(loss_t), med_ms(opt_t)
     rows.append({"name": "loss", "kind": "loss", "type": type(loss).__name__,
                  "forward_ms": lt, "backward_ms": 0.0, "total_ms": lt, "activation_bytes": 0})
