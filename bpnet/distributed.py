@@ -325,11 +325,13 @@ class DistributedTrainer:
 
     def fit(self, X, y, epochs: int = 1, batch_size: int = 32, validation_data=None,
             validation_split: float = 0.0, shuffle: bool = True, callbacks=None, verbose: int = 1,
-            initial_epoch: int = 0) -> History:
+            initial_epoch: int = 0, doctor=False, detect_anomaly=False) -> History:
         """``Sequential.fit`` across ranks; ``batch_size`` is per rank (global batch N·batch_size).
 
         Every rank passes the same full data set.  Returns the same History on
-        every rank, with the loss and accuracy of all ranks together.
+        every rank, with the loss and accuracy of all ranks together.  ``doctor``
+        and ``detect_anomaly`` work as in ``Sequential.fit``; the doctor prints
+        on rank 0 only, and a NaN/Inf found on any rank ends every rank.
         """
         done = threading.Event()
         if self.step_timeout is not None and self.size > 1:
@@ -344,7 +346,7 @@ class DistributedTrainer:
                 model.save = lambda path: None      # only rank 0 writes checkpoints
                 patched_save = True
             return self._fit(X, y, epochs, batch_size, validation_data, validation_split, shuffle,
-                             callbacks, verbose, initial_epoch)
+                             callbacks, verbose, initial_epoch, doctor, detect_anomaly)
         except BaseException as exc:
             if self.size > 1:
                 self._abort(exc)
@@ -355,12 +357,19 @@ class DistributedTrainer:
                 del model.save
 
     def _fit(self, X, y, epochs, batch_size, validation_data, validation_split, shuffle, callbacks,
-             verbose, initial_epoch):
+             verbose, initial_epoch, doctor=False, detect_anomaly=False):
         model = self.model
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
             raise ConfigError(f"batch_size must be a positive integer (per rank), got {batch_size!r}")
         self._where = "setup (data checks and the initial broadcast)"
         model._require_compiled()
+        if doctor:
+            from .doctor.callback import Doctor, attach_doctor
+            callbacks = attach_doctor(model, doctor, X, y, callbacks)
+            if not self.is_root:
+                for cb in callbacks:
+                    if isinstance(cb, Doctor):
+                        cb.print_fn = None         # findings are kept in the history on every rank
         X, y = model._prepare(X, y)
         if validation_split and validation_data is None:
             if not 0.0 < validation_split < 1.0:
@@ -383,6 +392,10 @@ class DistributedTrainer:
         if first_needs_dx is not None:
             first.needs_input_grad = False
         model.loss.trusted = True
+        restore_anomaly = None
+        if detect_anomaly:
+            from .doctor.anomaly import enable
+            restore_anomaly = enable(model)
         try:
             cbs.on_train_begin()
             for epoch in range(initial_epoch, epochs):
@@ -404,6 +417,8 @@ class DistributedTrainer:
             cbs.on_train_end()
         finally:
             model.loss.trusted = False
+            if restore_anomaly is not None:
+                restore_anomaly()
             if first_needs_dx is not None:
                 first.needs_input_grad = first_needs_dx
         return history
@@ -461,6 +476,8 @@ class DistributedTrainer:
             model.skip_step = False
             if not skipped:
                 model.optimizer.step()
+                if getattr(model, "_anomaly", None) is not None:
+                    model._anomaly.check_update(model)
             if not (skipped and not math.isfinite(batch_loss)):   # a rolled-back bad batch is not counted
                 total_loss += g_loss
                 correct += g_correct

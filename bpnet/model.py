@@ -232,7 +232,8 @@ class Sequential(Layer):
             trainer = DistributedTrainer(self, comm=None if distributed is True else distributed)
             return trainer.fit(X, y, epochs=epochs, batch_size=batch_size, validation_data=validation_data,
                                validation_split=validation_split, shuffle=shuffle, callbacks=callbacks,
-                               verbose=verbose, initial_epoch=initial_epoch)
+                               verbose=verbose, initial_epoch=initial_epoch, doctor=doctor,
+                               detect_anomaly=detect_anomaly)
         self._require_compiled()
         if doctor:
             from .doctor.callback import attach_doctor

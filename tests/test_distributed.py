@@ -96,6 +96,22 @@ def test_float16_buffers_are_reduced_through_float32(two_rank_run):
     np.testing.assert_array_equal(two_rank_run["allreduce_float16"], np.full(5, 0.5 + 1.5, np.float16))
 
 
+@needs_mpi
+def test_mixed_precision_overflow_on_one_rank_is_skipped_on_every_rank(tmp_path):
+    rc, log, _ = run_mpi("features.py", 2, tmp_path)
+    assert rc == 0, log
+    with np.load(tmp_path / "features.npz") as npz:
+        r = {k: npz[k] for k in npz.files}
+    for case in ("natural", "one_rank"):            # the float32 master copies are identical and finite
+        assert float(r[f"{case}_master_spread"]) == 0.0 and bool(r[f"{case}_finite"]), case
+        assert len(set(r[f"{case}_scales"])) == 1 and len(set(r[f"{case}_overflows"])) == 1, case
+        assert len(set(r[f"{case}_good_steps"])) == 1, case
+    assert r["natural_overflows"][0] >= 1 and r["loss"][-1] < r["loss"][0]
+    # rank 1 alone overflowed once (its targets); rank 0 skipped that step too and backed off alike
+    assert list(r["one_rank_overflows"]) == [1, 1] and list(r["one_rank_scales"]) == [128.0, 128.0]
+    assert r["natural_printed"][1] == 0             # the doctor prints on rank 0 only
+
+
 # ----------------------------------------------------------------------------- faults
 @needs_mpi
 def test_a_rank_that_raises_stops_every_rank_and_is_named(tmp_path):
