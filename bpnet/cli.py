@@ -202,6 +202,13 @@ def _register_train(sub):
 
 # --------------------------------------------------------------------------- bpnet doctor
 def _doctor(args) -> int:
+    if args.env:
+        from .env import show_versions
+        show_versions()
+        return 0
+    if args.run is None:
+        print("bpnet doctor: give a RUN.json saved with history.to_json(path), or --env")
+        return 2
     from .history import History
     if not os.path.exists(args.run):
         raise ConfigError(f"{args.run}: no such file (write one with history.to_json(path) "
@@ -233,7 +240,9 @@ def _doctor(args) -> int:
 def _register_doctor(sub):
     p = sub.add_parser("doctor", help="diagnose a saved training run",
                        description="Load a History saved with history.to_json(path) and print the diagnosis.")
-    p.add_argument("run", metavar="RUN.json")
+    p.add_argument("run", metavar="RUN.json", nargs="?")
+    p.add_argument("--env", action="store_true",
+                   help="print versions, BLAS, threads and backend choice (bpnet.show_versions)")
     p.set_defaults(func=_doctor)
 
 
