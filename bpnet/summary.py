@@ -29,6 +29,39 @@ def memory_estimate(model, batch_size: int) -> dict:
     return out
 
 
+def max_batch_size(model, budget_bytes: float) -> int:
+    """The largest batch whose :func:`memory_estimate` fits in ``budget_bytes`` (0 if none does).
+
+    The estimate is affine in the batch size (fixed parameter, gradient and
+    optimizer bytes plus activations per sample), so this is one division.
+    """
+    fixed = memory_estimate(model, 0)["total"]
+    per_sample = memory_estimate(model, 1)["total"] - fixed
+    return max(0, int((budget_bytes - fixed) // per_sample)) if per_sample > 0 else 0
+
+
+def require_memory(model, batch_size: int, budget_bytes: float) -> dict:
+    """The estimate for ``batch_size``; :class:`~bpnet.errors.MemoryBudgetError` if it exceeds the budget.
+
+    The error names both numbers, what the bytes are for, and the largest
+    batch that fits (``err.needed``, ``err.budget``, ``err.max_batch_size``).
+    """
+    from .errors import MemoryBudgetError
+    need = memory_estimate(model, batch_size)
+    if need["total"] <= budget_bytes:
+        return need
+    fit = max_batch_size(model, budget_bytes)
+    parts = ", ".join(f"{k.replace('_', ' ')} {_fmt_bytes(v)}" for k, v in need.items() if k != "total")
+    hint = (f"use batches of at most {fit} samples (to keep the step of a {batch_size}-sample batch, "
+            f"accumulate gradients over {-(-batch_size // fit)} micro-batches)" if fit else
+            "even one sample does not fit: use a smaller model or a larger budget")
+    err = MemoryBudgetError(
+        f"a batch of {batch_size} samples needs {_fmt_bytes(need['total'])} ({parts}) but the memory "
+        f"budget is {_fmt_bytes(budget_bytes)}; {hint}")
+    err.needed, err.budget, err.max_batch_size = need["total"], budget_bytes, fit
+    raise err
+
+
 def _fmt_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":

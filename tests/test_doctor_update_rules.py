@@ -113,3 +113,27 @@ def test_class_ids_fed_to_mse_are_a_label_format_warning():
     assert not [f for f in check_data(X, ids.astype(np.float32) + 0.5, loss="mse") if f.code == "LABEL_FORMAT"]
     assert not [f for f in check_data(X, ids % 2, loss="mse") if f.code == "LABEL_FORMAT"]    # 0/1 targets
     assert not [f for f in check_data(X, 3 * ids, loss="mse") if f.code == "LABEL_FORMAT"]    # counts
+
+
+def test_memory_budget_is_refused_up_front_with_the_numbers():
+    from bpnet.doctor import check_memory
+    from bpnet.errors import MemoryBudgetError
+    from bpnet.summary import max_batch_size, memory_estimate, require_memory
+
+    model = mlp(hidden=(128, 128), out=10)
+    model.build((64,))
+    need = memory_estimate(model, 1000)["total"]
+    per_sample = memory_estimate(model, 1)["total"] - memory_estimate(model, 0)["total"]
+    assert per_sample == 2 * (64 + 128 + 128 + 128 + 128 + 10) * 4          # 2 x activations x float32
+    budget = 2 ** 20
+    fit = max_batch_size(model, budget)
+    assert memory_estimate(model, fit)["total"] <= budget < memory_estimate(model, fit + 1)["total"]
+    with pytest.raises(MemoryBudgetError) as err:
+        require_memory(model, 1000, budget)
+    assert (err.value.needed, err.value.budget, err.value.max_batch_size) == (need, budget, fit)
+    assert f"at most {fit} samples" in str(err.value) and "1.0 MiB" in str(err.value)
+    assert require_memory(model, fit, budget)["total"] <= budget
+    (f,) = check_memory(model, 1000, budget)
+    assert f.code == "MEMORY_BUDGET" and f.evidence["total"] == need
+    assert f.evidence["max_batch_size"] == fit and f.evidence["micro_batches"] == -(-1000 // fit)
+    assert check_memory(model, fit, budget) == []

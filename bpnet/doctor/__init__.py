@@ -18,12 +18,12 @@ from .data_checks import check_data
 from .diagnose import diagnose
 from .findings import Finding
 from .gradients import check_gradients
-from .model_checks import check_model
+from .model_checks import check_memory, check_model
 from .monitor import Monitor
 from .overfit import OverfitReport, overfit_check
 from .thresholds import Thresholds
 from .trace import trace
 
-__all__ = ["diagnose", "check_data", "check_model", "check_gradients", "overfit_check", "trace", "Monitor",
-           "detect_anomaly",
+__all__ = ["diagnose", "check_data", "check_model", "check_gradients", "check_memory", "overfit_check", "trace",
+           "Monitor", "detect_anomaly",
            "Finding", "Thresholds", "Doctor", "OverfitReport", "AnomalyChecker"]

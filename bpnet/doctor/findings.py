@@ -26,6 +26,7 @@ SYMMETRIC_WEIGHTS = "SYMMETRIC_WEIGHTS"
 DOUBLE_SOFTMAX = "DOUBLE_SOFTMAX"
 OUTPUT_LOSS_MISMATCH = "OUTPUT_LOSS_MISMATCH"
 WRONG_GRADIENT = "WRONG_GRADIENT"        # check_gradients: a layer's backward disagrees with finite differences
+MEMORY_BUDGET = "MEMORY_BUDGET"          # check_memory: one batch needs more memory than the budget
 # Checks of the data:
 UNNORMALIZED_INPUTS = "UNNORMALIZED_INPUTS"
 NONFINITE_DATA = "NONFINITE_DATA"

@@ -7,6 +7,9 @@
 * SYMMETRIC_WEIGHTS -- a hidden Dense layer whose units are identical (all
   columns of W equal and all biases equal, e.g. zero or constant init): every
   unit then receives the same gradient and they stay clones forever.
+
+``check_memory(model, batch_size, budget_bytes)`` adds MEMORY_BUDGET: one
+batch needs more memory (``model.memory_estimate``) than the budget.
 """
 from __future__ import annotations
 
@@ -97,3 +100,25 @@ def _symmetry(out, model):
             remedy="initialise W randomly (Dense(..., init='he_normal') for ReLU, 'xavier_uniform' for "
                    "tanh/sigmoid); constant or zero initialisation does not break the symmetry between units.",
             where=f"layer {path}"))
+
+
+def check_memory(model, batch_size: int, budget_bytes: float) -> list[Finding]:
+    """MEMORY_BUDGET when a batch of ``batch_size`` needs more than ``budget_bytes``
+    (see :func:`bpnet.summary.require_memory`, which refuses such a batch with an error)."""
+    from ..summary import _fmt_bytes, max_batch_size, memory_estimate
+    need = memory_estimate(model, batch_size)
+    if need["total"] <= budget_bytes:
+        return []
+    fit = max_batch_size(model, budget_bytes)
+    steps = -(-batch_size // fit) if fit else None
+    return [Finding(
+        F.MEMORY_BUDGET, "error",
+        f"a batch of {batch_size} samples needs {_fmt_bytes(need['total'])} (activations "
+        f"{_fmt_bytes(need['activations'])}) but the budget is {_fmt_bytes(budget_bytes)}: "
+        f"{need['total'] / budget_bytes:.3g} times too much.",
+        evidence={**{k: int(v) for k, v in need.items()}, "batch_size": int(batch_size),
+                  "budget": float(budget_bytes), "max_batch_size": fit, "micro_batches": steps},
+        remedy=(f"stream batches of at most {fit} samples; to keep the same step, accumulate the gradients "
+                f"of {steps} micro-batches (each weighted by its share of the batch) before one optimizer "
+                "step." if fit else "even one sample does not fit: use a smaller model or a larger budget."),
+        where=f"batch {batch_size}")]
