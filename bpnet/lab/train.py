@@ -43,6 +43,7 @@ class Run:
     findings : what the doctor said about this run.
     activations : ``{"3 (ReLU)": values}``, each activation layer's outputs on a
         probe batch after training (for the histogram).
+    initial_activations : the same before the first step.
     notes : lines of extra evidence (an anomaly report, a gradient-check table, an error).
     anomaly : the :class:`~bpnet.errors.NonFiniteError` from replaying the first
         non-finite step under ``detect_anomaly`` (None if every step was finite).
@@ -54,6 +55,7 @@ class Run:
     metrics: dict = field(default_factory=dict)
     findings: list = field(default_factory=list)
     activations: dict = field(default_factory=dict)
+    initial_activations: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)
     anomaly: object = None
     model: object = field(default=None, repr=False)
@@ -104,6 +106,7 @@ def train(model, loss, optimizer, X, y, *, steps: int, batch_size: int = 64, see
     model.stop_training = False
     model.skip_step = False
     run = Run(label, dict(config or {}), history=history, model=model)
+    run.initial_activations = activation_snapshot(model, Xc[:PROBE_ROWS])
     rng = np.random.default_rng(np.random.SeedSequence([seed, 7]))
     want_acc = "accuracy" in model.metrics
     n, step, epoch, bad_since = len(Xc), 0, 0, None
