@@ -1,7 +1,9 @@
 """Training speed and memory: bpnet (numpy, numba backends) vs PyTorch on the CPU.
 
 Each framework runs in its own worker process (so peak RSS is its own), with
-the same thread count for BLAS / intra-op parallelism, on the same batches:
+the same thread count for BLAS / intra-op parallelism, on the same batches,
+in interleaved rounds (``--rounds``) so that a slow spell on a shared machine
+hits every framework alike:
 
 * MLP 784-512-256-10, ReLU, softmax cross-entropy, Adam; batch 32, 128, 1024;
 * tiny 2-16-16-1, tanh, MSE, Adam; batch 32 (per-step overhead dominates).
@@ -147,8 +149,21 @@ def worker(framework, threads, repeats, quick):
         res = time_case(framework, kind, sizes, batch, repeats, quick)
         res.update(kind=kind, sizes=list(sizes), batch=batch)
         out["cases"].append(res)
-    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["peak_rss_mb"] = peak_rss_mb()
     print(json.dumps(out))
+
+
+def peak_rss_mb():
+    """This process's peak resident memory.  VmHWM belongs to the current address space;
+    ru_maxrss would also count the parent's peak, which survives fork + exec."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def matmul_ceiling(threads, quick):
@@ -162,11 +177,11 @@ def matmul_ceiling(threads, quick):
         c = np.empty_like(a)
         np.matmul(a, b, out=c)
         times = []
-        for _ in range(5):
+        for _ in range(10):
             t0 = time.perf_counter()
             np.matmul(a, b, out=c)
             times.append(time.perf_counter() - t0)
-    return 2 * n ** 3 / sorted(times)[2] / 1e9
+    return 2 * n ** 3 / min(times) / 1e9        # the best run: a ceiling, not a typical value
 
 
 def blas_info():
@@ -186,10 +201,22 @@ def run_worker_process(framework, args):
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def combine_rounds(runs):
+    out = dict(runs[0])
+    out["cases"] = []
+    for i, case in enumerate(runs[0]["cases"]):
+        steps = sorted(r["cases"][i]["median_step_s"] for r in runs)
+        out["cases"].append({**case, "median_step_s": steps[len(steps) // 2],
+                             "round_step_s": [r["cases"][i]["median_step_s"] for r in runs]})
+    out["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
+    return out
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=os.cpu_count())
-    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--repeats", type=int, default=5, help="timed blocks per case in each worker")
+    p.add_argument("--rounds", type=int, default=3, help="worker runs per framework, interleaved")
     p.add_argument("--quick", action="store_true", help="shorter runs (for a smoke test)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--json", help="also write the results to this file")
@@ -197,19 +224,27 @@ def main(argv=None):
     if args.worker:
         return worker(args.worker, args.threads, args.repeats, args.quick)
 
-    try:
-        import torch  # noqa: F401
+    import importlib.util
+    if importlib.util.find_spec("torch") is not None:      # imported only in its own worker
         frameworks = FRAMEWORKS
-    except ImportError:
+    else:
         print("PyTorch is not installed (pip install torch==2.13.0); comparing bpnet backends only")
         frameworks = FRAMEWORKS[1:]
     ceiling = matmul_ceiling(args.threads, args.quick)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"Python {platform.python_version()}, threads per framework: {args.threads}")
     print(f"BLAS: {blas_info()}   OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}")
-    print(f"float32 matmul ceiling: {ceiling:.1f} GFLOP/s")
-    results = {fw: run_worker_process(fw, args) for fw in frameworks}
-    results = {k: v for k, v in results.items() if v}
+    print(f"float32 matmul ceiling (best 2048^3 product): {ceiling:.1f} GFLOP/s; "
+          f"load average at start {os.getloadavg()[0]:.2f}")
+    # Rounds interleave the frameworks, so a slow spell on a shared machine hits all of them;
+    # each case's figure is the median over rounds of each worker's median.
+    rounds = {fw: [] for fw in frameworks}
+    for _ in range(args.rounds):
+        for fw in frameworks:
+            res = run_worker_process(fw, args)
+            if res:
+                rounds[fw].append(res)
+    results = {fw: combine_rounds(runs) for fw, runs in rounds.items() if runs}
     base = results.get("torch")
     header = f"{'case':<28}{'framework':<14}{'samples/s':>12}{'vs torch':>10}{'GFLOP/s':>9}{'% ceil':>8}"
     print("\n" + header + "\n" + "-" * len(header))
