@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import bpnet.lab as lab
-from bpnet import CrossEntropy, Dense, Sequential, gradcheck
+from bpnet import gradcheck
 from bpnet.errors import GradcheckError
 from bpnet.lab.cli import main as lab_main
 from bpnet.lab.layers import NaiveBCE, NaiveSoftmax, TiedRecurrence, WrongSigmoid

@@ -93,8 +93,7 @@ def train(model, loss, optimizer, X, y, *, steps: int, batch_size: int = 64, see
     from ..doctor.monitor import Monitor
 
     explain = (label == "broken") if explain is None else explain
-    model.compile(loss=loss, optimizer=optimizer, loss_scaler=loss_scaler) if loss_scaler is not None \
-        else model.compile(loss=loss, optimizer=optimizer)
+    model.compile(loss=loss, optimizer=optimizer, loss_scaler=loss_scaler)
     X = np.asarray(X)
     Xc = X.astype(model.dtype, copy=False)
     if not model.built:

@@ -1,16 +1,15 @@
 """Failures that come with the data: scale, missing values, outliers, labels, imbalance."""
 from __future__ import annotations
 
-import math
 from functools import lru_cache
 
 import numpy as np
 
-from ...data import RobustScaler, Standardizer, load_breast_cancer, load_digits, train_test_split
+from ...data import Standardizer, load_breast_cancer, train_test_split
 from ...layers import Dense, ReLU
 from ...losses import MSE, CrossEntropy, FocalLoss
 from ...model import Sequential
-from ...optim import SGD, Adam
+from ...optim import SGD
 from ..core import Bar, Scenario, register
 from ..train import predict_labels, recall, train
 from ._common import BACKEND, consult_doctor, digits, finish, mlp
@@ -194,8 +193,9 @@ register(Scenario(
         "so the clean values of that feature are squashed to ~0.01 and the signal in them all but "
         "disappears. And the outlier rows arrive with inputs of ~30 after scaling: their squared "
         "error gradient xᵀ(ŷ - y) is hundreds of times larger than a normal row's, so each batch "
-        "holding one yanks the weights toward fitting that single row. The validation error (on "
-        "clean data) stays several times the noise level. The doctor's check_data finds the rows "
+        "holding one yanks the weights toward fitting that single row, often hard enough to start a "
+        "divergence that ends in inf; when it does not, the validation error on clean data stays "
+        "many times the noise level. The doctor's check_data finds the rows "
         "(robust z-score |x - median| / (1.4826 MAD) > 10); dropping them (or a RobustScaler plus "
         "clipping) restores the fit."),
     data="synthetic regression y = x·w + 0.3 tanh(x0 x1) + noise (6 features, 1024 train, 10 with a "

@@ -1,7 +1,6 @@
 """Failures of the gradient signal: vanishing, exploding, dead, symmetric, or simply wrong."""
 from __future__ import annotations
 
-import math
 from functools import lru_cache, partial
 
 import numpy as np

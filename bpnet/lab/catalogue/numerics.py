@@ -14,7 +14,7 @@ from ...model import Sequential
 from ...optim import SGD
 from ..core import Bar, Scenario, register
 from ..layers import NaiveBCE, NaiveNLL, NaiveSoftmax
-from ..train import predict_labels, train
+from ..train import train
 from ._common import BACKEND, consult_doctor, digits, finish
 
 
@@ -48,10 +48,10 @@ register(Scenario(
     explanation=(
         "float32 represents numbers up to 3.4e38, so exp(z) overflows to inf for z > 88.7. Logits "
         "of that size are ordinary: raw 8-bit pixels (0..255) give them on the first batch, and "
-        "confident training reaches them later anyway. A softmax written as exp(z)/Σ exp(z) then computes inf/inf = NaN, and the NLL "
-        "-log p on top of it turns any probability that underflowed to 0 into inf. The maths "
-        "allows a free shift: softmax(z) = softmax(z - max z), and then every exponent is ≤ 0. "
-        "The fused loss goes further and never forms p at all: "
+        "confident training reaches them later anyway. A softmax written as exp(z)/Σ exp(z) then "
+        "computes inf/inf = NaN, and the NLL -log p on top of it turns any probability that "
+        "underflowed to 0 into inf. The maths allows a free shift: softmax(z) = softmax(z - max z), "
+        "and then every exponent is ≤ 0. The fused loss goes further and never forms p at all: "
         "log p_c = z_c - m - log Σ_k exp(z_k - m), with gradient p - onehot(y), so it is finite "
         "for any finite logits. Same network, same data, same learning rate."),
     data="digits as 8-bit images (pixels 0..255, unscaled); MLP 64-64-10 ReLU; SGD lr 1e-3",

@@ -6,7 +6,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from ...callbacks import EarlyStopping
+from ...callbacks import Callback, EarlyStopping
 from ...layers import Dense, Dropout, ReLU, Tanh
 from ...losses import MSE, CrossEntropy
 from ...model import Sequential
@@ -81,12 +81,22 @@ register(Scenario(
 
 
 # --------------------------------------------------------------------------- the update rule
+class _WeightsBefore(Callback):
+    """Keeps a copy of the flat weights after backward, before the update."""
+    weights = None
+
+    def on_backward_end(self, batch, logs=None):
+        self.weights = self.model.flat_params.copy()
+
+
 def _update_rule(cfg, data, seed, steps, label):
     """Full-batch SGD where the scenario supplies the update rule."""
     model = mlp(hidden=(64,), seed=seed)
     lr = cfg["lr"]
     rule = cfg["update"]
     acc = {}
+    before = _WeightsBefore()
+    update_norms: list = []
 
     def update(model, opt, step):
         p, g = model.flat_params, model.flat_grads
@@ -103,20 +113,11 @@ def _update_rule(cfg, data, seed, steps, label):
             buf += g
             p -= lr * buf
             buf[...] = 0
-        update_norms.append(float(np.sqrt(model.backend.sum_squares(p - before[0]))) if before else math.nan)
-
-    update_norms: list = []
-    before: list = []
-
-    class _Before:                            # remembers the weights before each update
-        def set_model(self, m): self.model = m
-        def __getattr__(self, name): return lambda *a, **k: None
-        def on_backward_end(self, batch, logs=None):
-            before[:] = [self.model.flat_params.copy()]
+        update_norms.append(float(np.sqrt(model.backend.sum_squares(p - before.weights))))
 
     run = train(model, CrossEntropy(), SGD(lr=lr), data["X"], data["y"], steps=steps,
                 batch_size=cfg.get("batch_size", len(data["X"])), seed=seed, label=label, config=cfg,
-                update=update, callbacks=[_Before()], validation_data=(data["X_val"], data["y_val"]))
+                update=update, callbacks=[before], validation_data=(data["X_val"], data["y_val"]))
     finish(run, data["X_val"], data["y_val"])
     s = np.asarray(run.step_loss[:11])
     m = run.metrics
