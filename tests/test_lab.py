@@ -64,8 +64,7 @@ def test_scenario_reproduces_is_diagnosed_and_is_repaired(name):
     assert math.isfinite(r.remedy_values["final_loss"]), r.summary()
     for bar in sc.remedy_bars:
         assert _holds(r.repaired.metrics[bar.key], bar.op, bar.threshold), (bar, r.summary())
-    assert r.repaired_ok and r.ok
-    assert r.seconds < 10.0
+    assert r.repaired_ok and r.ok            # (run times are reported by `bpnet lab run --all`, not asserted)
     SPECIFIC.get(name, lambda r: None)(r)
 
 
