@@ -92,6 +92,40 @@ class Sequential(Layer):
             self._pack_parameters()
         return self.output_shape
 
+    def to(self, backend) -> "Sequential":
+        """Move the model (parameters, buffers, optimizer and loss-scaler state) to ``backend``.
+
+        ``backend`` is "numpy", "numba", "cupy" or a backend object; returns self.
+        The values are unchanged: only where they live and which kernels run.
+        """
+        new, old = get_backend(backend), self.backend
+        if new is old:
+            return self
+        move = lambda a: new.asarray(old.to_numpy(a))       # noqa: E731 - device -> host -> device
+        params = {n: old.to_numpy(o.params[k]).copy() for n, o, k in self.named_parameters()}
+        buffers = {n: move(o.buffers[k]) for n, o, k in self.named_buffers()}
+        scaler = getattr(self, "loss_scaler", None)
+        master = None if scaler is None or scaler.master_params is None or not scaler.separate_master \
+            else old.to_numpy(scaler.master_params).copy()
+        for layer in self.walk():
+            layer.backend = new
+        for name, owner, key in self.named_parameters():
+            owner.params[key] = params[name]
+        for name, owner, key in self.named_buffers():
+            owner.buffers[key] = buffers[name]
+        if self.built:
+            self._pack_parameters()
+        if self.optimizer is not None:
+            self.optimizer.state = {k: move(v) for k, v in self.optimizer.state.items()}
+        if self.loss is not None:
+            self.loss.backend = new
+        if scaler is not None and self.built:
+            scaler.master_params = scaler.master_grads = None
+            scaler._ensure_master()
+            if master is not None:
+                scaler.master_params[...] = new.asarray(master)
+        return self
+
     def _pack_parameters(self):
         """Move every parameter (and gradient) into one contiguous buffer, as views."""
         entries = list(self.named_parameters())
@@ -106,7 +140,7 @@ class Sequential(Layer):
             p = owner.params[key]
             stop = start + p.size
             view = self.flat_params[start:stop].reshape(p.shape)
-            view[...] = p
+            view[...] = bk.asarray(p)
             owner.params[key] = view
             owner.grads[key] = self.flat_grads[start:stop].reshape(p.shape)
 

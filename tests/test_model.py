@@ -347,3 +347,21 @@ def test_config_errors():
     m.build((2,))
     with pytest.raises(ConfigError, match="already built"):
         m.add(Dense(2))
+
+
+def test_to_moves_a_trained_model_between_backends_without_changing_it(backend):
+    from bpnet import Adam, Dense, ReLU, Sequential
+    rng = np.random.default_rng(3)
+    X, y = rng.standard_normal((64, 6)).astype(np.float32), rng.integers(0, 3, 64)
+    model = Sequential([Dense(16, init="he_normal"), ReLU(), Dense(3)], seed=0, backend="numpy")
+    model.compile("cross_entropy", Adam(lr=1e-2))
+    model.fit(X, y, epochs=2, batch_size=16, verbose=0)
+    before = model.predict(X)
+    m_before = model.optimizer.state["m"].copy()
+    assert model.to(backend) is model and model.backend.name == backend
+    assert model.layers[0].params["W"].base is not None            # still a view into the flat buffer
+    np.testing.assert_array_equal(model.backend.to_numpy(model.optimizer.state["m"]), m_before)
+    np.testing.assert_allclose(model.predict(X), before, rtol=1e-5, atol=1e-6)
+    model.fit(X, y, epochs=1, batch_size=16, verbose=0)             # and it keeps training there
+    assert np.isfinite(model.evaluate(X, y)["loss"])
+    assert model.to("numpy").backend.name == "numpy"
