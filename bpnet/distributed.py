@@ -42,7 +42,6 @@ The protocol, step by step:
 """
 from __future__ import annotations
 
-import io
 import math
 import os
 import sys
@@ -56,6 +55,7 @@ from .callbacks import CallbackList, ProgressBar
 from .data import MissingDependencyError
 from .errors import ConfigError, DataError
 from .history import History
+from .model import _split_validation
 
 __all__ = ["DistributedTrainer", "load_model", "get_comm", "mpi_available"]
 
@@ -371,12 +371,7 @@ class DistributedTrainer:
                     if isinstance(cb, Doctor):
                         cb.print_fn = None         # findings are kept in the history on every rank
         X, y = model._prepare(X, y)
-        if validation_split and validation_data is None:
-            if not 0.0 < validation_split < 1.0:
-                raise ConfigError(f"validation_split={validation_split} must be in (0, 1)")
-            n_val = max(1, int(round(len(X) * validation_split)))
-            X, Xv, y, yv = X[:-n_val], X[-n_val:], y[:-n_val], y[-n_val:]
-            validation_data = (Xv, yv)
+        X, y, validation_data = _split_validation(X, y, validation_split, validation_data)
         if self.size > 1:
             self._check_same_data(X, y)
         self.broadcast_state()
@@ -387,16 +382,7 @@ class DistributedTrainer:
         cbs.set_model(model)
         model.history = history = History()
         model.stop_training = False
-        first = model.layers[0]
-        first_needs_dx = getattr(first, "needs_input_grad", None)
-        if first_needs_dx is not None:
-            first.needs_input_grad = False
-        model.loss.trusted = True
-        restore_anomaly = None
-        if detect_anomaly:
-            from .doctor.anomaly import enable
-            restore_anomaly = enable(model)
-        try:
+        with model._training_session(detect_anomaly):
             cbs.on_train_begin()
             for epoch in range(initial_epoch, epochs):
                 self._where = f"epoch {epoch + 1}"
@@ -415,12 +401,6 @@ class DistributedTrainer:
                 if model.stop_training:
                     break
             cbs.on_train_end()
-        finally:
-            model.loss.trusted = False
-            if restore_anomaly is not None:
-                restore_anomaly()
-            if first_needs_dx is not None:
-                first.needs_input_grad = first_needs_dx
         return history
 
     def _grad_buffer(self):
@@ -517,11 +497,8 @@ def load_model(path, comm=None, backend=None):
     checkpoint holds the full replicated state, so it may come from a run with
     any number of ranks.
     """
-    import json
-
     from .errors import CheckpointError
-    from .io import restore_state
-    from .model import Sequential
+    from .io import model_from_checkpoint, parse_checkpoint
     comm = get_comm(comm)
     payload = None
     if comm.Get_rank() == 0:
@@ -533,15 +510,4 @@ def load_model(path, comm=None, backend=None):
     status, data = comm.bcast(payload, root=0)     # every rank learns the outcome: no rank waits alone
     if status != "ok":
         raise CheckpointError(data)
-    try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-        config = json.loads(arrays.pop("__config__").tobytes().decode())
-    except (OSError, ValueError, KeyError) as exc:
-        raise CheckpointError(f"{path!s} is not a readable bpnet checkpoint: {exc}") from exc
-    model = Sequential.from_config(config["model"])
-    if backend is not None:
-        from .backends import get_backend
-        model.backend = get_backend(backend)
-    restore_state(model, config, arrays)
-    return model
+    return model_from_checkpoint(*parse_checkpoint(data, path), backend=backend)

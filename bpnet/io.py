@@ -83,12 +83,22 @@ def save_model(model, path):
 
 def read_checkpoint(path) -> tuple[dict, dict]:
     try:
-        with np.load(os.fspath(path), allow_pickle=False) as npz:
+        with open(os.fspath(path), "rb") as fh:
+            data = fh.read()
+    except OSError as exc:
+        raise CheckpointError(f"cannot read bpnet checkpoint {path!s}: {exc}") from exc
+    return parse_checkpoint(data, path)
+
+
+def parse_checkpoint(data: bytes, name="checkpoint") -> tuple[dict, dict]:
+    """(config, arrays) from the bytes of a checkpoint file."""
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
     except (OSError, ValueError) as exc:
-        raise CheckpointError(f"cannot read bpnet checkpoint {path!s}: {exc}") from exc
+        raise CheckpointError(f"cannot read bpnet checkpoint {name!s}: {exc}") from exc
     if "__config__" not in arrays:
-        raise CheckpointError(f"{path!s} is an .npz file but not a bpnet checkpoint (no __config__ entry)")
+        raise CheckpointError(f"{name!s} is an .npz file but not a bpnet checkpoint (no __config__ entry)")
     config = json.loads(arrays.pop("__config__").tobytes().decode())
     return config, arrays
 
@@ -134,8 +144,12 @@ def restore_state(model, config: dict, arrays: dict):
 
 
 def load_model(path, backend=None):
+    return model_from_checkpoint(*read_checkpoint(path), backend=backend)
+
+
+def model_from_checkpoint(config: dict, arrays: dict, backend=None):
+    """Rebuild a model (architecture, weights, optimizer, generators) from a parsed checkpoint."""
     from .model import Sequential
-    config, arrays = read_checkpoint(path)
     model = Sequential.from_config(config["model"])
     if backend is not None:
         from .backends import get_backend

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -273,27 +274,13 @@ class Sequential(Layer):
             from .doctor.callback import attach_doctor
             callbacks = attach_doctor(self, doctor, X, y, callbacks)
         X, y = self._prepare(X, y)
-        if validation_split and validation_data is None:
-            if not 0.0 < validation_split < 1.0:
-                raise ConfigError(f"validation_split={validation_split} must be in (0, 1)")
-            n_val = max(1, int(round(len(X) * validation_split)))
-            X, Xv, y, yv = X[:-n_val], X[-n_val:], y[:-n_val], y[-n_val:]
-            validation_data = (Xv, yv)
+        X, y, validation_data = _split_validation(X, y, validation_split, validation_data)
         loader = DataLoader(X, y, batch_size=batch_size, shuffle=shuffle, rng=self.data_rng)
         cbs = CallbackList(list(callbacks or []) + ([ProgressBar(epochs, len(loader))] if verbose else []))
         cbs.set_model(self)
         self.history = history = History()
         self.stop_training = False
-        first = self.layers[0]
-        first_needs_dx = getattr(first, "needs_input_grad", None)
-        if first_needs_dx is not None:
-            first.needs_input_grad = False          # nobody reads dL/dX: skip that matmul
-        self.loss.trusted = True
-        restore_anomaly = None
-        if detect_anomaly:
-            from .doctor.anomaly import enable
-            restore_anomaly = enable(self)
-        try:
+        with self._training_session(detect_anomaly):
             cbs.on_train_begin()
             for epoch in range(initial_epoch, epochs):
                 cbs.on_epoch_begin(epoch)
@@ -306,13 +293,32 @@ class Sequential(Layer):
                 if self.stop_training:
                     break
             cbs.on_train_end()
+        return history
+
+    @contextmanager
+    def _training_session(self, detect_anomaly=False):
+        """What a training loop sets up, undone afterwards (also on error).
+
+        The first layer skips dL/dX (nobody reads it), the loss trusts targets
+        that were validated once up front, and anomaly mode is switched on if asked.
+        """
+        first = self.layers[0]
+        first_needs_dx = getattr(first, "needs_input_grad", None)
+        if first_needs_dx is not None:
+            first.needs_input_grad = False
+        self.loss.trusted = True
+        restore_anomaly = None
+        if detect_anomaly:
+            from .doctor.anomaly import enable
+            restore_anomaly = enable(self)
+        try:
+            yield
         finally:
             self.loss.trusted = False
             if restore_anomaly is not None:
                 restore_anomaly()
             if first_needs_dx is not None:
                 first.needs_input_grad = first_needs_dx
-        return history
 
     def _train_epoch(self, loader, cbs) -> dict:
         total_loss, correct, seen = 0.0, 0, 0
@@ -430,6 +436,16 @@ class Sequential(Layer):
     def __repr__(self):
         inner = ",\n  ".join(repr(layer) for layer in self.layers)
         return f"Sequential([\n  {inner}\n], seed={self.seed}, dtype={self.dtype.name}, backend={self.backend.name!r})"
+
+
+def _split_validation(X, y, validation_split, validation_data):
+    """Hold out the last ``validation_split`` of (X, y) unless validation data is given (Keras's rule)."""
+    if not validation_split or validation_data is not None:
+        return X, y, validation_data
+    if not 0.0 < validation_split < 1.0:
+        raise ConfigError(f"validation_split={validation_split} must be in (0, 1)")
+    n_val = max(1, int(round(len(X) * validation_split)))
+    return X[:-n_val], y[:-n_val], (X[-n_val:], y[-n_val:])
 
 
 class _DenseActivation:

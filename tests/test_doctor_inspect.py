@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from bpnet import Adam, Dense, Layer, ReLU, Sequential, Tanh
+from bpnet import Adam, Dense, ReLU, Sequential, Tanh
 from bpnet.data import Standardizer, load_digits
 from bpnet.doctor import overfit_check, trace
 from doctor_helpers import blobs, mlp, one_blas_thread  # noqa: F401

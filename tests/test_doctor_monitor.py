@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from bpnet import SGD, Adam, Dense, Monitor, ReLU, Sequential, Sigmoid, Tanh
+from bpnet import SGD, Adam, Monitor, Sigmoid, Tanh
 from bpnet.doctor.monitor import SIGMOID_HI, SIGMOID_LO, TANH_HI
 from doctor_helpers import blobs, mlp, one_blas_thread, scaled_normal  # noqa: F401
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from bpnet import Adam, ConfigError, Dense, Dropout, ReLU, Sequential
-from bpnet.profiler import ProfileReport, profile
+from bpnet.profiler import profile
 
 
 def _mlp(backend, dropout=0.0):
