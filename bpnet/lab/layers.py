@@ -16,6 +16,7 @@ import numpy as np
 from .. import init as initializers
 from ..errors import ConfigError
 from ..layers.base import Layer
+from ..layers.softmax import Softmax
 from ..losses import BCEWithLogits, _Categorical
 
 
@@ -107,28 +108,19 @@ class TiedRecurrence(Layer):
                 "recurrent_gain": self.recurrent_gain, "name": self.name}
 
 
-class NaiveSoftmax(Layer):
+class NaiveSoftmax(Softmax):
     r"""p = exp(z) / Σ_k exp(z_k), computed literally (no subtraction of max z).
 
     In float32 exp overflows to inf for z > 88.7, and inf/inf = NaN.  The
-    maths is the same as :class:`bpnet.Softmax`; only the arithmetic differs.
-    Backward: dz = p ⊙ (dp - Σ dp ⊙ p).
+    maths is the same as :class:`bpnet.Softmax`, and so is the backward
+    (inherited): only the forward arithmetic differs.
     """
-
-    def __init__(self, name: str | None = None):
-        super().__init__(name)
-        self.y = None
 
     def forward(self, x, training=False):
         self._ensure_built(x)
         e = self.backend.xp.exp(x)
         self.y = e / e.sum(axis=-1, keepdims=True)
         return self.y
-
-    def backward(self, dy):
-        self._require_forward("y")
-        y = self.y
-        return y * (dy - (dy * y).sum(axis=-1, keepdims=True))
 
 
 class NaiveNLL(_Categorical):
