@@ -56,6 +56,11 @@ class Loss:
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.get_config().items())})"
 
 
+def _to_host(backend, target):
+    """Targets as a host NumPy array (lists and NumPy arrays as they are, device arrays copied)."""
+    return np.asarray(target) if isinstance(target, (np.ndarray, list, tuple)) else backend.to_numpy(target)
+
+
 def _as_2d_like(output, target, loss_name):
     """Regression targets of shape (N,) are accepted for outputs of shape (N, 1)."""
     if target.shape == output.shape:
@@ -133,10 +138,12 @@ class _Categorical(Loss):
             raise LabelError(f"{expected}; got an array of shape {target.shape}")
 
     def _validated(self, output, target):
+        """Check the targets (on the host, before they meet the device) and move them to the backend."""
         if output.ndim != 2:
             raise ShapeError(f"{type(self).__name__}: expects logits of shape (N, C), got {tuple(output.shape)}")
         if not self.trusted:
-            self.check_target(self._bk().to_numpy(target), output.shape[1])
+            self.check_target(_to_host(self._bk(), target), output.shape[1])
+        target = self._bk().asarray(target)
         if target.shape[0] != output.shape[0]:
             raise ShapeError(f"{type(self).__name__}: {output.shape[0]} outputs but {target.shape[0]} targets")
         return target
@@ -186,7 +193,7 @@ class CrossEntropy(_Categorical):
 
     def forward(self, output, target):
         bk = self._bk()
-        target = self._validated(output, bk.asarray(target))
+        target = self._validated(output, target)
         w = self._weights(output)
         if target.ndim == 1:
             loss, self.grad = bk.softmax_cross_entropy_labels(
@@ -228,7 +235,7 @@ class FocalLoss(_Categorical):
 
     def forward(self, output, target):
         bk, xp = self._bk(), self._bk().xp
-        target = self._validated(output, bk.asarray(target))
+        target = self._validated(output, target)
         y = (target if target.ndim == 1 else target.argmax(axis=1)).astype(np.int64, copy=False)
         n = output.shape[0]
         logp = bk.log_softmax(output)
@@ -288,7 +295,7 @@ class BCEWithLogits(Loss):
     def forward(self, output, target):
         bk, xp = self._bk(), self._bk().xp
         if not self.trusted:
-            self.check_target(bk.to_numpy(target), output.shape[-1])
+            self.check_target(_to_host(bk, target), output.shape[-1])
         t = _as_2d_like(output, bk.asarray(target, dtype=output.dtype), "BCEWithLogits")
         pw = 1.0 if self.pos_weight is None else self.pos_weight
         softplus_pos = xp.maximum(output, 0) + xp.log1p(xp.exp(-xp.abs(output)))   # softplus(z)
