@@ -18,8 +18,12 @@ test: $(VENV)/.installed
 	$(PY) -m pytest -n 2 tests
 
 bench: $(VENV)/.installed
-	$(PIP) install --quiet ".[bench]" "torch==2.13.0"
+	$(PIP) install --quiet -e ".[bench]" "torch==2.13.0"
 	$(PY) benchmarks/bench_train.py
+	$(PY) benchmarks/bench_kernels.py
+	$(PY) benchmarks/bench_monitor.py
+	$(PY) benchmarks/bench_profiler.py
+	$(PY) benchmarks/bench_distributed.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
