@@ -332,16 +332,18 @@ def sgd_step(p, g, vel, lr, momentum, nesterov, weight_decay):
 
 @_jit
 def adam_step(p, g, m, v, beta1, one_m_beta1, beta2, one_m_beta2,
-              step, bias2, eps, weight_decay, decay_factor, decoupled):
-    """m = β1m + (1-β1)g;  v = β2v + (1-β2)g²;  p -= step·m / (√(v/bias2) + ε).
+              step, inv_sqrt_bias2, eps, weight_decay, decay_factor, decoupled):
+    """m = β1m + (1-β1)g;  v = β2v + (1-β2)g²;  p -= (m / (√v · inv_sqrt_bias2 + ε)) · step.
 
-    step = lr/(1-β1ᵗ) and bias2 = 1-β2ᵗ come from the caller (once per call).
+    step = lr/(1-β1ᵗ) and inv_sqrt_bias2 = 1/√(1-β2ᵗ) come from the caller
+    (once per call), and the element formula follows the reference's order of
+    operations (√v̂ = √v / √(1-β2ᵗ)), so the result agrees bit for bit.
     AdamW (decoupled) first shrinks p by decay_factor = 1 - lr·λ; Adam adds
     λp to g instead.
     """
     t = p.dtype.type
     b1, c1, b2, c2 = t(beta1), t(one_m_beta1), t(beta2), t(one_m_beta2)
-    st, bc2, ep = t(step), t(bias2), t(eps)
+    st, isb2, ep = t(step), t(inv_sqrt_bias2), t(eps)
     wd, df = t(weight_decay), t(decay_factor)
     use_wd = weight_decay != 0.0
     for i in range(p.size):
@@ -356,7 +358,7 @@ def adam_step(p, g, m, v, beta1, one_m_beta1, beta2, one_m_beta2,
         vi = v[i] * b2 + c2 * (gi * gi)
         m[i] = mi
         v[i] = vi
-        p[i] = pi - st * mi / (np.sqrt(vi / bc2) + ep)
+        p[i] = pi - (mi / (np.sqrt(vi) * isb2 + ep)) * st
 
 
 @_jit

@@ -380,6 +380,16 @@ def test_optimizer_trajectories_agree(kind, hp, dtype):
         close(g, w)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind,hp", OPTIMIZERS)
+def test_optimizer_trajectories_are_bit_identical(kind, hp, dtype):
+    """The optimizer kernels do the reference's arithmetic in the reference's order
+    (Adam included: √v̂ = √v · (1/√(1-β2ᵗ)), then m / (√v̂ + ε), then · lr/(1-β1ᵗ)),
+    so every element of every step is the same float."""
+    for got, want in zip(trajectory(NB, kind, dtype, **hp), trajectory(REF, kind, dtype, **hp)):
+        np.testing.assert_array_equal(got, want)
+
+
 def test_optimizer_on_strided_buffers_falls_back():
     rng = np.random.default_rng(3)
     p = rand(rng, (10, 8), np.float64)[:, ::2]

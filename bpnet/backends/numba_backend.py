@@ -248,7 +248,7 @@ class NumbaBackend(NumpyBackend):
         # The scalar coefficients, computed in Python floats as the reference does.
         K.adam_step(_flat(p), _flat(g), _flat(m), _flat(v),
                     float(beta1), float(1 - beta1), float(beta2), float(1 - beta2),
-                    float(lr / (1 - beta1 ** t)), float(1 - beta2 ** t), float(eps),
+                    float(lr / (1 - beta1 ** t)), float(1 / (1 - beta2 ** t) ** 0.5), float(eps),
                     float(weight_decay), float(1 - lr * weight_decay), bool(decoupled))
 
     def rmsprop_step(self, p, g, sq, velocity, lr, alpha, eps, momentum, weight_decay):
