@@ -22,15 +22,15 @@ def _grad_arrays(target):
 def clip_grad_norm(target, max_norm: float, error_if_nonfinite: bool = False) -> float:
     r"""Rescale all gradients together so their global L2 norm is at most ``max_norm``.
 
-    ‖g‖ = √(Σ_tensors Σ g²);  if ‖g‖ > max_norm: g ← g · max_norm / (‖g‖ + 1e-6).
-    The direction of the update is kept; only its length is capped.  Returns
-    the norm *before* clipping (log it: a rising norm is the early sign of
-    exploding gradients).  ``target`` is a model, a layer, or a list/dict of arrays.
+    ‖g‖ = √(Σ_tensors Σ g²);  f = max_norm / (‖g‖ + 1e-6);  if f < 1: g ← f · g
+    (PyTorch's rule).  The direction of the update is kept; only its length is
+    capped.  A NaN/Inf norm leaves the gradients as they are.  Returns the norm
+    *before* clipping (log it: a rising norm is the early sign of exploding
+    gradients).  ``target`` is a model, a layer, or a list/dict of arrays.
     """
     bk, grads = _grad_arrays(target)
-    if len(grads) == 1:
-        sq = bk.sum_squares(grads[0])
-        norm = bk.clip_norm_(grads[0], float(max_norm)) if math.isfinite(sq) else math.sqrt(sq)
+    if len(grads) == 1:                       # the flat buffer: norm and clip in one pass
+        norm = bk.clip_norm_(grads[0], float(max_norm))
     else:
         norm = math.sqrt(sum(bk.sum_squares(g) for g in grads))
         factor = max_norm / (norm + 1e-6)

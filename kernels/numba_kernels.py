@@ -412,11 +412,13 @@ def sum_squares(x):
 
 @_jit
 def clip_grad_norm(x, max_norm):
-    """Return ‖x‖₂ (before clipping); if it exceeds max_norm, scale x in place
-    by max_norm / (‖x‖ + 1e-6), PyTorch's ``clip_grad_norm_`` coefficient."""
+    """Return ‖x‖₂ (before clipping); scale x in place by PyTorch's
+    coefficient f = max_norm / (‖x‖ + 1e-6) when f < 1 and ‖x‖ is finite
+    (the reference's rule, so a norm just below max_norm is clipped too)."""
     norm = np.sqrt(sum_squares(x))
-    if norm > max_norm:
-        f = x.dtype.type(max_norm / (norm + 1e-6))
+    factor = max_norm / (norm + 1e-6)
+    if np.isfinite(norm) and factor < 1.0:
+        f = x.dtype.type(factor)
         for i in range(x.size):
             x[i] = x[i] * f
     return norm

@@ -13,6 +13,7 @@ import pytest
 
 from bpnet import (SGD, Adam, AdamW, ConfigError, Dense, NonFiniteError, NotBuiltError, RMSProp, Sequential,
                    Tanh, clip_grad_norm, clip_grad_value)
+from bpnet.backends import get_backend
 from bpnet.optim import get_optimizer
 
 STEPS = 20
@@ -298,6 +299,29 @@ def test_clip_grad_norm_nonfinite(backend, bad):
         assert not math.isfinite(clip_grad_norm(target, 1.0))
         with pytest.raises(NonFiniteError):
             clip_grad_norm(target, 1.0, error_if_nonfinite=True)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_clip_at_the_limit_follows_pytorchs_rule_on_every_backend(backend, dtype):
+    """‖g‖ = 5 = max_norm: PyTorch still multiplies by 5 / (5 + 1e-6) < 1, and so
+    does every backend (the numba kernel used to test ‖g‖ > max_norm instead)."""
+    bk = get_backend(backend)
+    g = bk.asarray(np.array([3.0, 4.0], dtype))
+    assert bk.clip_norm_(g, 5.0) == pytest.approx(5.0, rel=1e-12)
+    want = (np.array([3.0, 4.0], dtype) * dtype(5.0 / (5.0 + 1e-6))).astype(dtype)
+    np.testing.assert_array_equal(bk.to_numpy(g), want)
+    assert bk.to_numpy(g)[1] < 4.0
+
+
+@pytest.mark.parametrize("bad", [np.inf, np.nan])
+def test_clip_with_a_nonfinite_norm_leaves_the_gradients_alone(backend, bad):
+    """A factor max_norm / (inf + 1e-6) = 0 would zero every finite gradient and make
+    the Inf a NaN; the flat-buffer clip leaves them as they are, like the list path."""
+    bk = get_backend(backend)
+    g = bk.asarray(np.array([3.0, bad, -4.0], np.float32))
+    norm = bk.clip_norm_(g, 1.0)
+    assert not math.isfinite(norm)
+    np.testing.assert_array_equal(bk.to_numpy(g), np.array([3.0, bad, -4.0], np.float32))
 
 
 def test_clip_grad_value(backend):

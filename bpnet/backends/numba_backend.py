@@ -223,13 +223,10 @@ class NumbaBackend(NumpyBackend):
         return not K.has_nonfinite(_flat(x).view(utype), mask, _FINITE_BLOCK)
 
     def clip_norm_(self, x, max_norm):
-        """Return ‖x‖₂ and, when it exceeds max_norm, scale x in place by
-        max_norm / (‖x‖ + 1e-6) (PyTorch's coefficient); one kernel call."""
+        """The reference's clip (factor max_norm / (‖x‖ + 1e-6), applied when it
+        is below 1 and ‖x‖ is finite) in one kernel call; returns ‖x‖₂."""
         if not (_plain(x) and _writable(x)):
-            norm = math.sqrt(self.sum_squares(x))
-            if norm > max_norm:
-                self.scale_(x, max_norm / (norm + 1e-6))
-            return norm
+            return super().clip_norm_(x, max_norm)
         return float(K.clip_grad_norm(_flat(x), float(max_norm)))
 
     # -- optimizer updates over a flat parameter buffer ---------------------------

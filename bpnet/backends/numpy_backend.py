@@ -8,6 +8,8 @@ there when it is given, so the hot loop can reuse buffers.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 ACTIVATIONS = ("identity", "relu", "leaky_relu", "elu", "sigmoid", "tanh")
@@ -154,10 +156,11 @@ class NumpyBackend:
         """Scale x in place so that ||x||₂ ≤ max_norm; return the norm before clipping.
 
         Like PyTorch, the factor is max_norm / (norm + 1e-6) and is applied only
-        when it is below 1."""
+        when it is below 1.  A NaN/Inf norm leaves x untouched (a factor of 0
+        would turn every Inf into NaN and every finite gradient into 0)."""
         norm = self.sum_squares(x) ** 0.5
         factor = max_norm / (norm + 1e-6)
-        if factor < 1.0:
+        if math.isfinite(norm) and factor < 1.0:
             self.scale_(x, factor)
         return norm
 
