@@ -312,6 +312,25 @@ def test_categorical_label_errors(backend, make, target, words):
     assert isinstance(info.value, BpnetError)
 
 
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_backend_label_kernel_same_signature_and_errors(backend, smoothing):
+    """Every backend's softmax_cross_entropy_labels takes ``smoothing=`` by name, gives the
+    reference's numbers, and rejects a label outside 0..C-1 with a LabelError naming the
+    row; the NumPy reference used to index from the end for -1 and give a wrong loss."""
+    bk = get_backend(backend)
+    z = bk.asarray(Z)
+    y = np.array([0, 2, 1, 2])
+    loss, dz = bk.softmax_cross_entropy_labels(z, bk.asarray(y), smoothing=smoothing)
+    q = np.full((4, 3), smoothing / 3) + (1 - smoothing) * np.eye(3)[y]
+    logp = Z - Z.max(1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(1, keepdims=True))
+    assert loss == pytest.approx(-(q * logp).sum() / 4, rel=1e-12)
+    np.testing.assert_allclose(bk.to_numpy(dz), (np.exp(logp) - q) / 4, rtol=1e-12, atol=1e-15)
+    for bad, row in (([0, -1, 1, 2], 1), ([0, 1, 3, 2], 2)):
+        with pytest.raises(LabelError, match=f"at row {row} is outside 0..2"):
+            bk.softmax_cross_entropy_labels(z, bk.asarray(np.array(bad)), smoothing=smoothing)
+
+
 def test_label_error_says_expected_format():
     with pytest.raises(LabelError, match=r"integer class labels of shape \(N,\) with values in 0\.\.2"):
         CrossEntropy().forward(Z, np.array([[0], [1], [2], [1]]))

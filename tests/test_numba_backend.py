@@ -243,7 +243,7 @@ def test_softmax_cross_entropy_integer_labels(dtype, shape, weighted, eps, rng):
     w = rng.uniform(0.2, 3.0, c) if weighted else None    # float64 weights, cast inside
     want = REF.softmax_cross_entropy(z, onehot_smoothed(y, c, eps, dtype), w)
     for labels in (y, y.astype(np.int32), y.astype(np.uint8)):
-        check_ce(NB.softmax_cross_entropy_labels(z, labels, w, label_smoothing=eps), want)
+        check_ce(NB.softmax_cross_entropy_labels(z, labels, w, smoothing=eps), want)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -276,7 +276,7 @@ def test_softmax_cross_entropy_falls_back(rng):
     q = rng.dirichlet(np.ones(4), 6)
     check_ce(NB.softmax_cross_entropy(z, q), REF.softmax_cross_entropy(z, q))
     y = rng.integers(0, 4, 6)
-    check_ce(NB.softmax_cross_entropy_labels(z, y, label_smoothing=0.2),
+    check_ce(NB.softmax_cross_entropy_labels(z, y, smoothing=0.2),
              REF.softmax_cross_entropy(z, onehot_smoothed(y, 4, 0.2, np.float64)))
 
 

@@ -19,8 +19,7 @@ import numpy as np
 
 from bpnet.kernels import numba_kernels as K
 
-from ..errors import LabelError, ShapeError
-from .numpy_backend import NumpyBackend
+from .numpy_backend import NumpyBackend, check_labels
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 # Exponent bits of each float width: a value is NaN/Inf iff all are set.
@@ -169,33 +168,22 @@ class NumbaBackend(NumpyBackend):
         loss = K.xent_finish(s, dz, q, w)
         return float(loss), dz
 
-    def softmax_cross_entropy_labels(self, z, y, class_weights=None, label_smoothing=0.0):
+    def softmax_cross_entropy_labels(self, z, y, class_weights=None, smoothing=0.0):
         """Loss and dz for integer labels y (N,), as softmax_cross_entropy with
-        q = (1-ε)·onehot(y) + ε/C (ε = label_smoothing), without building q."""
+        q = (1-ε)·onehot(y) + ε/C (ε = smoothing), without building q."""
         y = np.asarray(y)
-        if z.ndim != 2:
-            raise ShapeError("softmax_cross_entropy_labels: logits must be (N, C), "
-                             f"got shape {z.shape}")
-        n, c = z.shape
-        if y.shape != (n,) or y.dtype.kind not in "iu":
-            raise LabelError(
-                f"softmax_cross_entropy_labels: labels must be integers of shape ({n},), "
-                f"got dtype {y.dtype} and shape {y.shape}; pass class indices 0..{c - 1}")
-        eps = float(label_smoothing)
-        w = self._class_weights(class_weights, z) if z.size else None
-        if not (_plain(z) and z.size) or w is None:
-            _check_labels(y, c)
-            q = np.full((n, c), eps / c)
-            q[np.arange(n), y] += 1.0 - eps
-            return super().softmax_cross_entropy(z, q.astype(z.dtype), class_weights)
+        w = self._class_weights(class_weights, z) if z.ndim == 2 and z.size else None
+        if not (_plain(z) and z.ndim == 2 and z.size) or w is None or \
+                y.shape != (z.shape[0],) or y.dtype.kind not in "iu":
+            return super().softmax_cross_entropy_labels(z, y, class_weights, smoothing)
         if y.dtype not in (np.dtype(np.int64), np.dtype(np.int32)):
             y = y.astype(np.int64)
         s = np.empty_like(z)
         K.xent_shift(z, s)
         dz = np.exp(s)
-        loss, bad = K.xent_finish_labels(s, dz, np.ascontiguousarray(y), w, eps)
+        loss, bad = K.xent_finish_labels(s, dz, np.ascontiguousarray(y), w, float(smoothing))
         if bad >= 0:
-            _check_labels(y, c)
+            check_labels(np, z, y)
         return float(loss), dz
 
     @staticmethod
@@ -295,12 +283,3 @@ class NumbaBackend(NumpyBackend):
         self.clip_norm_(p, 1.0)
         return time.perf_counter() - start
 
-
-def _check_labels(y, c):
-    """Raise LabelError naming the first label outside [0, c)."""
-    bad = np.flatnonzero((y < 0) | (y >= c))
-    if bad.size:
-        i = int(bad[0])
-        raise LabelError(
-            f"softmax cross-entropy: label {int(y[i])} at row {i} is outside 0..{c - 1} "
-            f"for {c} classes; check the labels or the size of the output layer")

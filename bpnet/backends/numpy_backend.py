@@ -12,6 +12,8 @@ import math
 
 import numpy as np
 
+from ..errors import LabelError, ShapeError
+
 ACTIVATIONS = ("identity", "relu", "leaky_relu", "elu", "sigmoid", "tanh")
 
 
@@ -133,7 +135,11 @@ class NumpyBackend:
         the uniform distribution: q = (1-ε) onehot(y) + ε/C.
 
         Without weights or smoothing q is one-hot and the formulas reduce to
-        loss = -mean_i log p_{i,y_i} and dz = (p - onehot(y)) / N."""
+        loss = -mean_i log p_{i,y_i} and dz = (p - onehot(y)) / N.
+
+        Labels outside 0..C-1 raise LabelError (a negative label would
+        otherwise index from the end and give a wrong loss without a word)."""
+        check_labels(self.xp, z, y)
         if class_weights is None and not smoothing:
             xp = self.xp
             logp = self.log_softmax(z)
@@ -241,6 +247,23 @@ class NumpyBackend:
 def _assign(out, value):
     out[...] = value
     return out
+
+
+def check_labels(xp, z, y):
+    """Raise a bpnet error unless ``y`` holds one integer label in 0..C-1 per row of z (N, C)."""
+    if z.ndim != 2:
+        raise ShapeError(f"softmax_cross_entropy_labels: logits must be (N, C), got shape {z.shape}")
+    n, c = z.shape
+    if y.shape != (n,) or y.dtype.kind not in "iu":
+        raise LabelError(
+            f"softmax_cross_entropy_labels: labels must be integers of shape ({n},), "
+            f"got dtype {y.dtype} and shape {y.shape}; pass class indices 0..{c - 1}")
+    bad = xp.flatnonzero((y < 0) | (y >= c))
+    if bad.size:
+        i = int(bad[0])
+        raise LabelError(
+            f"softmax cross-entropy: label {int(y[i])} at row {i} is outside 0..{c - 1} "
+            f"for {c} classes; check the labels or the size of the output layer")
 
 
 def _labels_to_distribution(xp, y, num_classes, smoothing, dtype):
