@@ -232,10 +232,15 @@ class FocalLoss(_Categorical):
             raise ConfigError(f"FocalLoss(gamma={gamma}): gamma must be >= 0")
         self.gamma = float(gamma)
         self.alpha = None if alpha is None else np.asarray(alpha, dtype=np.float64)
+        if self.alpha is not None and (self.alpha.ndim != 1 or (self.alpha < 0).any()):
+            raise ConfigError(f"FocalLoss(alpha={alpha!r}): alpha must be one non-negative weight per class")
 
     def forward(self, output, target):
         bk, xp = self._bk(), self._bk().xp
         target = self._validated(output, target)
+        if self.alpha is not None and self.alpha.shape != (output.shape[1],):
+            raise ConfigError(f"FocalLoss: {self.alpha.size} alpha weights for {output.shape[1]} classes; "
+                              "pass one weight per class (the width of the last layer)")
         y = (target if target.ndim == 1 else target.argmax(axis=1)).astype(np.int64, copy=False)
         n = output.shape[0]
         logp = bk.log_softmax(output)

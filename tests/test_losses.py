@@ -352,5 +352,9 @@ def test_loss_config_errors():
         CrossEntropy(class_weights=[1.0, 2.0]).forward(Z, np.array([0, 1, 2, 0]))
     with pytest.raises(ConfigError):
         FocalLoss(gamma=-1)
+    with pytest.raises(ConfigError, match="2 alpha weights for 3 classes"):      # was a bare IndexError
+        FocalLoss(alpha=[1.0, 2.0]).forward(Z, np.array([0, 1, 2, 0]))
+    with pytest.raises(ConfigError, match="non-negative"):                        # was a loss of the wrong sign
+        FocalLoss(alpha=[1.0, -2.0, 1.0])
     with pytest.raises(ConfigError, match="before forward"):
         MSE().backward()
