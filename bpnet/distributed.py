@@ -31,10 +31,10 @@ The protocol, step by step:
    every replica starts identical and shuffles with the same generator;
 2. each epoch: every rank draws the same permutation and takes its slice of
    every global batch of N·B samples;
-3. each step: forward/backward on the shard, one
+3. each step: forward/backward on the shard, a small all-reduce of (loss sum,
+   correct, count, stop flag, loss-scaler overflow flag) for the logs, one
    ``comm.Allreduce(MPI.IN_PLACE, model.flat_grads, op=MPI.SUM)`` then a scale
-   by 1/N, a small all-reduce of (loss sum, correct, count, stop flag) for the
-   logs, and the optimizer step, identical on every rank;
+   by 1/N, and the optimizer step, identical on every rank;
 4. only rank 0 shows progress bars and writes checkpoints; a checkpoint holds
    the full replicated state, so a run can resume with another number of ranks;
 5. a rank that raises prints its rank and the error and calls ``comm.Abort``,
