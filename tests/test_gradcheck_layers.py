@@ -11,8 +11,8 @@ from conftest import build_layer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bpnet import (ELU, BatchNorm1d, CrossEntropy, Dense, Dropout, Flatten, GradcheckError, Identity, Layer,
-                   LeakyReLU, ReLU, Residual, Sequential, Sigmoid, Softmax, Tanh, get_backend, gradcheck)
+from bpnet import (ELU, BatchNorm1d, ConfigError, CrossEntropy, Dense, Dropout, Flatten, GradcheckError, Identity,
+                   Layer, LeakyReLU, ReLU, Residual, Sequential, Sigmoid, Softmax, Tanh, get_backend, gradcheck)
 
 TOL = 1e-6
 MAX_EL = 48
@@ -97,6 +97,16 @@ def test_activation_derivatives_match_formulas(backend):
                                    rtol=1e-12, atol=1e-15, err_msg=name)
         np.testing.assert_allclose(host(backend, layer.backward(dev(backend, dy))), dz_ref, rtol=1e-12,
                                    atol=1e-15, err_msg=name)
+
+
+@pytest.mark.parametrize("make", [LeakyReLU, ELU], ids=["LeakyReLU", "ELU"])
+def test_negative_alpha_is_refused(make):
+    """f' is read from y (y > 0 ⇔ z > 0); with α < 0 a negative z gives y > 0 and the
+    backward silently took the wrong branch (relative error ~1.5).  α = 0 stays valid."""
+    with pytest.raises(ConfigError, match="alpha must be >= 0"):
+        make(alpha=-0.5)
+    x = np.array([[-1.0, 2.0, -0.5]])
+    assert gradcheck(make(alpha=0.0), x).max_rel_error < TOL
 
 
 def test_softmax_values_and_rows_sum_to_one(backend):

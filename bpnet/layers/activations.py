@@ -15,12 +15,24 @@ Sigmoid        σ(z) = 1 / (1 + e⁻ᶻ)            y (1 - y)               (σ'
 Tanh           tanh z                          1 - y²
 =============  ==============================  ====================================
 
+Reading f' from y needs y > 0 exactly when z > 0, so LeakyReLU and ELU take
+α ≥ 0 only (with α < 0 a negative z gives y > 0 and the wrong branch).
+
 The arithmetic lives in the backend (``act_forward`` / ``act_backward``), so
 the same layer runs on the NumPy reference, the fused Numba kernels or CUDA.
 """
 from __future__ import annotations
 
+from ..errors import ConfigError
 from .base import Layer
+
+
+def _check_alpha(cls_name, alpha):
+    if not alpha >= 0:
+        raise ConfigError(
+            f"{cls_name}(alpha={alpha}): alpha must be >= 0; the backward pass reads the branch "
+            "from the output (y > 0 exactly when z > 0), which a negative alpha breaks")
+    return float(alpha)
 
 
 class Activation(Layer):
@@ -68,7 +80,7 @@ class LeakyReLU(Activation):
 
     def __init__(self, alpha: float = 0.01, name: str | None = None):
         super().__init__(name)
-        self.alpha = float(alpha)
+        self.alpha = _check_alpha("LeakyReLU", alpha)
 
     def get_config(self):
         return {"alpha": self.alpha, "name": self.name}
@@ -80,7 +92,7 @@ class ELU(Activation):
 
     def __init__(self, alpha: float = 1.0, name: str | None = None):
         super().__init__(name)
-        self.alpha = float(alpha)
+        self.alpha = _check_alpha("ELU", alpha)
 
     def get_config(self):
         return {"alpha": self.alpha, "name": self.name}
