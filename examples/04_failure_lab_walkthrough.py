@@ -1,6 +1,6 @@
 """Three classic backprop failures, made to happen, named by the doctor, and repaired.
 
-    python examples/04_failure_lab_walkthrough.py            # ~5 s
+    python examples/04_failure_lab_walkthrough.py            # a few seconds
     python examples/04_failure_lab_walkthrough.py --plots    # also writes lab_<name>.png here
 
 Every scenario of ``bpnet.lab`` trains a broken configuration and its repair
