@@ -27,6 +27,17 @@ class Optimizer:
         self.state: dict = {}
         self.model = None
 
+    @property
+    def lr(self) -> float:
+        return self._lr
+
+    @lr.setter
+    def lr(self, value):
+        # A Python float: NumPy treats it as "weak", so a float32 update stays in
+        # float32.  A NumPy float64 scalar (np.exp(...) * lr) would make the NumPy
+        # reference compute the update in float64, unlike the kernels.
+        self._lr = float(value)
+
     def bind(self, model):
         """Attach to a built model (``compile`` does this); returns self."""
         self.model = model

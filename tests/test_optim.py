@@ -239,6 +239,23 @@ def test_optimizer_errors():
     assert get_optimizer("AdamW").weight_decay == 0.01          # PyTorch's AdamW default
 
 
+@pytest.mark.parametrize("name", ["sgd", "adam", "rmsprop"])
+def test_numpy_scalar_lr_updates_like_a_python_float(backend, name):
+    """``opt.lr = np.float64(...)`` (e.g. ``lr * np.exp(-0.1)``) is stored as a Python float,
+    so a float32 model is updated in float32 by every backend; a NumPy float64 scalar used
+    to promote the NumPy reference's whole update to float64 and round it differently."""
+    params = []
+    for lr in (0.05, np.float64(0.05)):
+        model = small_model(backend, dtype="float32")
+        opt = get_optimizer(name).bind(model)
+        opt.lr = lr
+        assert type(opt.lr) is float
+        set_grads(model, np.linspace(-1.0, 1.0, model.flat_grads.size))
+        opt.step()
+        params.append(host(model, model.flat_params).copy())
+    np.testing.assert_array_equal(params[0], params[1])
+
+
 # --------------------------------------------------------------------------- clipping
 def grads_of(model):
     return np.concatenate([host(model, g).astype(np.float64).ravel() for g in model.gradients().values()])
