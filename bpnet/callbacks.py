@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import inspect
 import math
-from types import SimpleNamespace
 
 from .errors import ConfigError, NonFiniteError
 
@@ -322,14 +321,6 @@ class ModelCheckpoint(_Monitored):
         self.saved.append((epoch, path))
 
 
-def _grad_holder(model):
-    """What clipping should act on: the model, or its float32 master gradients under mixed precision."""
-    scaler = getattr(model, "loss_scaler", None)
-    if scaler is not None and scaler.master_grads is not None and scaler.master_grads is not model.flat_grads:
-        return SimpleNamespace(flat_grads=scaler.master_grads, backend=model.backend)
-    return model
-
-
 class GradientClipping(Callback):
     """``clip_grad_norm(model, max_norm)`` after every backward pass, before the step.
 
@@ -349,7 +340,7 @@ class GradientClipping(Callback):
         if self.model.skip_step:          # the step is vetoed (e.g. loss-scale overflow)
             return
         from .clip import clip_grad_norm
-        norm = clip_grad_norm(_grad_holder(self.model), self.max_norm)
+        norm = clip_grad_norm(self.model, self.max_norm)     # the master gradients under mixed precision
         self.norms.append(norm)
         self.clipped += norm > self.max_norm
         if logs is not None:

@@ -4,13 +4,21 @@ from __future__ import annotations
 import math
 
 from .backends import get_backend
-from .errors import NonFiniteError
+from .errors import ConfigError, NonFiniteError
 
 
 def _grad_arrays(target):
-    """(backend, list of gradient arrays) for a model, a layer or a list of arrays."""
+    """(backend, list of gradient arrays) for a model, a layer or a list of arrays.
+
+    Under mixed precision a model's ``flat_grads`` hold the *scaled* float16
+    gradients; the optimizer reads the unscaled float32 ``master_grads``, so
+    those are what clipping measures and rescales.
+    """
     flat = getattr(target, "flat_grads", None)
     if flat is not None:
+        scaler = getattr(target, "loss_scaler", None)
+        if scaler is not None and scaler.master_grads is not None:
+            flat = scaler.master_grads
         return target.backend, [flat]
     if hasattr(target, "named_parameters"):
         grads = [owner.grads[key] for _, owner, key in target.named_parameters()]
@@ -28,6 +36,9 @@ def clip_grad_norm(target, max_norm: float, error_if_nonfinite: bool = False) ->
     *before* clipping (log it: a rising norm is the early sign of exploding
     gradients).  ``target`` is a model, a layer, or a list/dict of arrays.
     """
+    if not max_norm >= 0:
+        raise ConfigError(f"clip_grad_norm(max_norm={max_norm}): max_norm must be >= 0 "
+                          "(a negative factor would flip the gradients into an ascent step)")
     bk, grads = _grad_arrays(target)
     if len(grads) == 1:                       # the flat buffer: norm and clip in one pass
         norm = bk.clip_norm_(grads[0], float(max_norm))
@@ -46,6 +57,9 @@ def clip_grad_norm(target, max_norm: float, error_if_nonfinite: bool = False) ->
 
 def clip_grad_value(target, clip_value: float) -> None:
     """Clamp every gradient element to [-clip_value, clip_value] in place."""
+    if not clip_value >= 0:
+        raise ConfigError(f"clip_grad_value(clip_value={clip_value}): clip_value must be >= 0 "
+                          "(the gradients are clamped to [-clip_value, clip_value])")
     bk, grads = _grad_arrays(target)
     for g in grads:
         bk.clip_value_(g, float(clip_value))

@@ -14,7 +14,7 @@ import warnings
 import numpy as np
 import pytest
 
-from bpnet import SGD, Adam, ConfigError, Dense, ReLU, Sequential
+from bpnet import SGD, Adam, ConfigError, Dense, ReLU, Sequential, clip_grad_norm
 from bpnet.callbacks import GradientClipping, NaNGuard
 from bpnet.mixed_precision import LossScaler
 
@@ -84,6 +84,30 @@ def test_master_weights_keep_updates_float16_rounds_away(data):
     for _ in range(10):
         plain -= m.flat_grads          # the same updates applied in float16 directly
     assert np.array_equal(plain, w0)   # every one rounded away
+
+
+def test_clip_grad_norm_by_hand_clips_the_master_gradients(data):
+    """The by-hand loop (backward, unscale, clip, step) under mixed precision: clip_grad_norm(model)
+    measures and rescales the unscaled float32 gradients the optimizer reads.  It used to clip the
+    scaled float16 ``flat_grads`` (reporting S times the norm) and leave the update unclipped."""
+    X, y = data
+    Xs, ys = (X[:64] / 300).astype(np.float16), (y[:64] / 300).astype(np.float32)
+    m = net("float16", LossScaler(init_scale=2.0 ** 8), lr=1.0)
+    out = m.forward(Xs, training=True)
+    m.loss.forward(out.astype(np.float32), ys)
+    m.backward(m.loss_scaler.scale_loss_grad(m.loss.backward()))
+    assert m.loss_scaler.unscale_grads()
+    true = m.loss_scaler.master_grads.astype(np.float64)
+    true_norm = np.linalg.norm(true)
+    scaled_norm = np.linalg.norm(m.flat_grads.astype(np.float64))
+    assert scaled_norm == pytest.approx(2.0 ** 8 * true_norm, rel=1e-2)
+    max_norm = true_norm / 4
+    assert clip_grad_norm(m, max_norm) == pytest.approx(true_norm, rel=1e-6)
+    np.testing.assert_allclose(m.loss_scaler.master_grads, true * max_norm / (true_norm + 1e-6), rtol=1e-6)
+    before = m.loss_scaler.master_params.copy()
+    m.optimizer.step()                                   # SGD, lr 1: the step is the clipped gradient
+    assert np.linalg.norm((before - m.loss_scaler.master_params).astype(np.float64)) == \
+        pytest.approx(max_norm, rel=1e-5)
 
 
 def test_loss_scaler_backoff_and_growth():

@@ -341,6 +341,18 @@ def test_clip_with_a_nonfinite_norm_leaves_the_gradients_alone(backend, bad):
     np.testing.assert_array_equal(bk.to_numpy(g), np.array([3.0, bad, -4.0], np.float32))
 
 
+def test_clip_refuses_negative_limits():
+    """A negative max_norm used to scale the gradients by a negative factor (an ascent step), and a
+    negative clip_value clamped every gradient to -|clip_value|."""
+    model = small_model("numpy")
+    set_grads(model, np.ones(grads_of(model).size))
+    with pytest.raises(ConfigError, match="max_norm must be >= 0"):
+        clip_grad_norm(model, -1.0)
+    with pytest.raises(ConfigError, match="clip_value must be >= 0"):
+        clip_grad_value(model, -0.5)
+    np.testing.assert_array_equal(grads_of(model), 1.0)
+
+
 def test_clip_grad_value(backend):
     model = small_model(backend)
     g = np.random.default_rng(3).normal(0, 1.0, grads_of(model).size)
