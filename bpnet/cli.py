@@ -228,12 +228,38 @@ def _doctor(args) -> int:
     print(f"{args.run}: {len(history)} epochs, {len(history.steps)} step records")
     if findings is None:
         print(result)
+        return 0
+    # fit(doctor=True) saves what it reported as the run went; a problem that passed (gradients
+    # that exploded early, then settled) is no longer in the final signals but is still news
+    known = {getattr(f, "key", None) for f in findings}
+    recorded = [f for f in _recorded_findings(history) if getattr(f, "key", None) not in known]
+    for finding in findings:
+        print(finding)
+    if recorded:
+        print("reported while training (saved with the run):" if findings else
+              "the final signals look healthy, but these were reported while training (saved with the run):")
+        for finding in recorded:
+            print(finding)
     elif not findings:
         print("no problems found")
-    else:
-        for finding in findings:
-            print(finding)
     return 0
+
+
+def _recorded_findings(history) -> list:
+    """The findings saved in a history file, as ``Finding`` objects when the doctor is installed."""
+    try:
+        from .doctor.findings import Finding
+    except ImportError:
+        Finding = None
+    out = []
+    for f in history.findings:
+        if isinstance(f, dict) and Finding is not None:
+            try:
+                f = Finding.from_dict(f)
+            except TypeError:          # not a finding bpnet wrote: show it as it is
+                pass
+        out.append(f)
+    return out
 
 
 @register_subcommand

@@ -118,6 +118,36 @@ def test_doctor_prints_the_diagnosis(tmp_path, monkeypatch, capsys):
     assert "no problems found" in capsys.readouterr().out
 
 
+def test_doctor_also_prints_what_was_reported_while_training(tmp_path, monkeypatch, capsys):
+    from bpnet.doctor import Finding
+    early = Finding("EXPLODING_GRADIENTS", "error", "gradient norm 5.24e+04 at epoch 1", where="layer 2")
+    dead = Finding("DYING_RELU", "warning", "84% of the ReLU units are dead", where="layer 1")
+    h = History()
+    for e, loss in enumerate([9.0, 1.2, 1.1]):
+        h.append(e, {"loss": loss})
+    h.findings = [early, dead]                      # as fit(doctor=True) leaves them
+    h.to_json(tmp_path / "run.json")
+
+    # the final signals are clean: the saved findings are still shown, under their own heading
+    monkeypatch.setitem(sys.modules, "bpnet.doctor", fake_doctor([]))
+    assert main(["doctor", str(tmp_path / "run.json")]) == 0
+    out = capsys.readouterr().out
+    assert "no problems found" not in out
+    assert "the final signals look healthy, but these were reported while training" in out
+    assert "[error] EXPLODING_GRADIENTS: gradient norm 5.24e+04 at epoch 1" in out
+    assert "[warning] DYING_RELU: 84% of the ReLU units are dead" in out
+
+    # a problem the final signals still show is printed once, in its final form
+    now = Finding("DYING_RELU", "error", "100% of the ReLU units are dead", where="layer 1")
+    monkeypatch.setitem(sys.modules, "bpnet.doctor", fake_doctor([now]))
+    assert main(["doctor", str(tmp_path / "run.json")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [f"{tmp_path / 'run.json'}: 3 epochs, 0 step records",
+                     "[error] DYING_RELU: 100% of the ReLU units are dead",
+                     "reported while training (saved with the run):",
+                     "[error] EXPLODING_GRADIENTS: gradient norm 5.24e+04 at epoch 1"]
+
+
 def test_doctor_without_the_diagnosis_module_explains(tmp_path, monkeypatch, capsys):
     History().to_json(tmp_path / "run.json")
     monkeypatch.setitem(sys.modules, "bpnet.doctor", None)
