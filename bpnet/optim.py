@@ -58,8 +58,8 @@ class Optimizer:
             s = self.state.get(name)
             if s is None or s.shape != p.shape:
                 self.state[name] = self.model.backend.zeros(p.shape, p.dtype)
-            elif s.dtype != p.dtype:
-                self.state[name] = s.astype(p.dtype)
+            else:               # no copy when already there; state loaded before build moves in here
+                self.state[name] = self.model.backend.asarray(s, dtype=p.dtype)
         return p, g
 
     def step(self):
@@ -103,15 +103,18 @@ class Optimizer:
         if "initial_lr" in state:
             self.initial_lr = float(state["initial_lr"])
         scaler = getattr(self.model, "loss_scaler", None)
+        flat = getattr(self.model, "flat_params", None)
         for k in self.state_names:
             if k in state:
-                arr = state[k]
-                # state lives in the dtype of the weights it updates (float32 masters under mixed precision)
-                dtype = scaler.master_dtype if scaler is not None else self.model.flat_params.dtype \
-                    if self.model is not None else None
-                # copy: two optimizers loaded from one state dict must not share their moments
-                self.state[k] = self.model.backend.asarray(np.array(arr, dtype=dtype)) \
-                    if self.model is not None else np.array(arr)
+                # copy: two optimizers loaded from one state dict must not share their moments.
+                # State lives in the dtype (and on the device) of the weights it updates: float32
+                # masters under mixed precision; before the model is built it waits on the host
+                # and the first step moves it (see _flat).
+                if flat is None:
+                    self.state[k] = np.array(state[k])
+                else:
+                    dtype = scaler.master_dtype if scaler is not None else flat.dtype
+                    self.state[k] = self.model.backend.asarray(np.array(state[k], dtype=dtype))
 
     def __repr__(self):
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.get_config().items())})"

@@ -208,6 +208,24 @@ def test_state_dict_round_trip_continues_identically(backend, name, kwargs):
     np.testing.assert_allclose(b[-1], expected[-1], rtol=1e-10, atol=1e-12)
 
 
+def test_state_dict_loaded_before_the_model_is_built(backend):
+    """Binding to an unbuilt model and loading a state dict used to fail with a bare
+    AttributeError (no flat_params yet); the state now waits and the first step picks it up."""
+    model = small_model(backend)
+    opt = Adam(lr=0.05)
+    run_bpnet(model, opt, steps=3)
+    state = opt.state_dict()
+    clone = Sequential([Dense(3), Tanh(), Dense(2)], seed=9, dtype="float64", backend=backend)
+    opt2 = Adam(lr=0.05).bind(clone)
+    opt2.load_state_dict(state)
+    opt2.base_lr = opt.base_lr
+    clone.build((2,))
+    clone.flat_params[...] = model.flat_params
+    np.testing.assert_array_equal(run_bpnet(clone, opt2, steps=4, first=3),
+                                  run_bpnet(model, opt, steps=4, first=3))
+    assert opt2.t == 7 and type(opt2.state["m"]) is type(model.flat_params)
+
+
 def test_state_dict_is_a_snapshot(backend):
     """Training after state_dict() must not change the snapshot."""
     model = small_model(backend)
