@@ -17,6 +17,10 @@ class Loss:
     kind = "regression"
     expects_logits = False
     name = "loss"
+    # The denominator of the last forward when it is not the batch size (a weighted
+    # mean, L = Σ_i ℓ_i / Σ_i a_i); None for a plain mean.  Averaging several batches'
+    # losses with these weights gives the loss over all of them (evaluate, fit's logs).
+    batch_weight = None
 
     def __init__(self):
         self.backend = None
@@ -195,14 +199,19 @@ class CrossEntropy(_Categorical):
         bk = self._bk()
         target = self._validated(output, target)
         w = self._weights(output)
+        eps = self.label_smoothing
         if target.ndim == 1:
-            loss, self.grad = bk.softmax_cross_entropy_labels(
-                output, target.astype(np.int64, copy=False), w, self.label_smoothing)
+            y = target.astype(np.int64, copy=False)
+            loss, self.grad = bk.softmax_cross_entropy_labels(output, y, w, eps)
+            # Σ_i a_i with a_i = Σ_c w_c q_ic = (1-ε) w_{y_i} + ε mean(w)
+            self.batch_weight = None if w is None else \
+                float((1.0 - eps) * w[y].sum() + eps * len(y) * w.mean())
         else:
             q = target.astype(output.dtype, copy=False)
-            if self.label_smoothing:
-                q = (1.0 - self.label_smoothing) * q + self.label_smoothing / q.shape[1]
+            if eps:
+                q = (1.0 - eps) * q + eps / q.shape[1]
             loss, self.grad = bk.softmax_cross_entropy(output, q, w)
+            self.batch_weight = None if w is None else float((q @ w).sum())
         return loss
 
     def get_config(self):
@@ -254,6 +263,7 @@ class FocalLoss(_Categorical):
         g = self.gamma
         mod = one_minus ** g
         denom = a.sum()
+        self.batch_weight = None if self.alpha is None else float(denom)
         loss = float(-(a * mod * logpt).sum() / denom)
         # γ(1-p_t)^{γ-1} p_t log p_t → 0 as p_t → 1 (log p_t ≈ -(1-p_t)), but for γ < 1 the
         # power alone is 0^{negative} = inf at a saturated p_t = 1: take the limit 0 there.

@@ -320,8 +320,14 @@ class Sequential(Layer):
             if first_needs_dx is not None:
                 first.needs_input_grad = first_needs_dx
 
+    def _batch_weight(self, n) -> float:
+        """The weight of the last batch's loss in a mean over batches: its size, or the
+        sum of the sample weights a class-weighted loss divided by."""
+        w = self.loss.batch_weight
+        return n if w is None else w
+
     def _train_epoch(self, loader, cbs) -> dict:
-        total_loss, correct, seen = 0.0, 0, 0
+        total_loss, weight, correct, seen = 0.0, 0.0, 0, 0
         want_acc = "accuracy" in self.metrics
         start = time.perf_counter()
         for i, (xb, yb) in enumerate(loader):
@@ -336,7 +342,9 @@ class Sequential(Layer):
                     self._anomaly.check_update(self)
             n = len(xb)
             if not (skipped and not math.isfinite(loss)):    # a rolled-back bad batch is not counted
-                total_loss += loss * n
+                w = self._batch_weight(n)
+                total_loss += loss * w
+                weight += w
                 seen += n
                 if want_acc:
                     correct += int((self.loss.predict_labels(out).ravel() ==
@@ -344,7 +352,7 @@ class Sequential(Layer):
             cbs.on_batch_end(i, {"loss": loss, "size": n, "skipped": skipped})
             if self.stop_training:
                 break
-        logs = {"loss": total_loss / max(seen, 1)}
+        logs = {"loss": total_loss / weight if weight else (math.nan if seen else 0.0)}
         if want_acc:
             logs["accuracy"] = correct / max(seen, 1)
         logs["lr"] = float(self.optimizer.lr)
@@ -355,7 +363,7 @@ class Sequential(Layer):
         """Mean loss (and metrics) over (X, y) in evaluation mode, as a dict."""
         self._require_compiled()
         X, y = self._prepare(X, y)
-        total, correct = 0.0, 0
+        total, weight, correct = 0.0, 0.0, 0
         trusted, self.loss.trusted = self.loss.trusted, True
         try:
             for i in range(0, len(X), batch_size):
@@ -363,14 +371,17 @@ class Sequential(Layer):
                 out = self.forward(xb, training=False)
                 if self.loss_scaler is not None:      # mixed precision: the loss in float32
                     out = out.astype(self.loss_scaler.master_dtype, copy=False)
-                total += self.loss.forward(out, yb) * len(xb)
+                loss = self.loss.forward(out, yb)
+                w = self._batch_weight(len(xb))
+                total += loss * w
+                weight += w
                 if "accuracy" in self.metrics:
                     correct += int((self.loss.predict_labels(out).ravel() ==
                                     self.loss.true_labels(yb).ravel()).sum())
         finally:
             self.loss.trusted = trusted
         self.clear_cache()
-        result = {"loss": total / len(X)}
+        result = {"loss": total / weight if weight else math.nan}
         if "accuracy" in self.metrics:
             result["accuracy"] = correct / len(X)
         return result

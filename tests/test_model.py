@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from bpnet import (SGD, Adam, BatchNorm1d, Callback, ConfigError, CrossEntropy, DataError, Dense, Dropout,
-                   LabelError, ReLU, Sequential, ShapeError, Tanh, available_backends, clip_grad_norm, data)
+                   FocalLoss, LabelError, ReLU, Sequential, ShapeError, Tanh, available_backends, clip_grad_norm, data)
 
 
 @functools.lru_cache(maxsize=None)
@@ -257,6 +257,41 @@ def test_validation_data_and_history():
     assert history["val_loss"][-1] == final["loss"]
     assert history["val_accuracy"][-1] == final["accuracy"]
     assert history["val_loss"][-1] == pytest.approx(ref_cross_entropy(model.predict(Xte), yte), rel=1e-5)
+
+
+@pytest.mark.parametrize("loss", [CrossEntropy(class_weights=[1.0, 10.0], label_smoothing=0.1),
+                                  CrossEntropy(class_weights=[1.0, 10.0]), FocalLoss(alpha=[1.0, 10.0])],
+                         ids=["ce_weighted_smoothed", "ce_weighted", "focal_alpha"])
+@pytest.mark.parametrize("one_hot", [False, True])
+def test_weighted_loss_is_the_same_for_any_batch_size(loss, one_hot):
+    """A class-weighted loss divides by Σ_i a_i, not by N, so evaluate must average its
+    batches with those weights; averaging them by batch size gave 0.663 at batch_size=256
+    and 0.656 at 50 for a loss of 0.703 over the whole set."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(600, 4)).astype(np.float32)
+    y = (rng.random(600) < 0.2).astype(np.int64)
+    y[:300] = 0                                       # the batches differ in their class mix
+    t = np.eye(2)[y] if one_hot else y
+    model = Sequential([Dense(8), ReLU(), Dense(2)], seed=0, backend="numpy")
+    model.compile(loss=loss, optimizer=SGD(lr=1e-12))          # fit below leaves the weights as they are
+    whole = model.evaluate(X, t, batch_size=600)["loss"]
+    logits = model.predict(X).astype(np.float64)
+    logp = logits - logits.max(1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(1, keepdims=True))
+    w = np.array([1.0, 10.0])[y]
+    if isinstance(loss, FocalLoss):
+        pt = np.exp(logp[np.arange(600), y])
+        want = -(w * (1 - pt) ** 2 * np.log(pt)).sum() / w.sum()
+    else:
+        eps = loss.label_smoothing
+        q = (1 - eps) * np.eye(2)[y] + eps / 2
+        wq = q * np.array([1.0, 10.0])
+        want = -(wq * logp).sum() / wq.sum()
+    assert whole == pytest.approx(want, rel=1e-5)
+    for bs in (256, 50, 7):
+        assert model.evaluate(X, t, batch_size=bs)["loss"] == pytest.approx(whole, rel=1e-6), bs
+    history = model.fit(X, t, epochs=1, batch_size=50, shuffle=False, verbose=0)
+    assert history["loss"][0] == pytest.approx(whole, rel=1e-5)              # the training log too
 
 
 def test_validation_split_holds_out_the_tail():
