@@ -15,16 +15,25 @@ def memory_estimate(model, batch_size: int) -> dict:
     Activations: every layer keeps its output (or input) for backward, and
     backward holds one gradient of the same size at a time, so the estimate
     is 2 × Σ_layers batch × output size × itemsize.
+
+    Under mixed precision (a float16 model compiled with a ``LossScaler``) the
+    optimizer state is float32, and the float32 master weights and gradients
+    are listed as ``master_weights``.
     """
     model._require_built()
     item = model.dtype.itemsize
     n_params = model.count_params()
     n_state = len(getattr(model.optimizer, "state_names", ()) or ()) if model.optimizer else 0
+    scaler = getattr(model, "loss_scaler", None)
+    master = scaler is not None and scaler.model is not None and scaler.separate_master
+    state_item = scaler.master_dtype.itemsize if master else item
     act = sum(batch_size * math.prod(layer.output_shape) for layer in model.walk()
               if layer is not model and layer.output_shape)
     act += batch_size * math.prod(model.input_shape)
     out = {"parameters": n_params * item, "gradients": n_params * item,
-           "optimizer_state": n_state * n_params * item, "activations": 2 * act * item}
+           "optimizer_state": n_state * n_params * state_item, "activations": 2 * act * item}
+    if master:
+        out["master_weights"] = 2 * n_params * state_item        # float32 weights and gradients
     out["total"] = sum(out.values())
     return out
 
@@ -82,5 +91,7 @@ def summary_table(model, batch_size: int = 32) -> str:
     lines += ["-" * len(header), f"total parameters: {model.count_params():,}",
               f"memory at batch {batch_size}: parameters {_fmt_bytes(mem['parameters'])}, "
               f"gradients {_fmt_bytes(mem['gradients'])}, optimizer state {_fmt_bytes(mem['optimizer_state'])}, "
-              f"activations {_fmt_bytes(mem['activations'])}; total {_fmt_bytes(mem['total'])}"]
+              + (f"float32 master weights and gradients {_fmt_bytes(mem['master_weights'])}, "
+                 if "master_weights" in mem else "")
+              + f"activations {_fmt_bytes(mem['activations'])}; total {_fmt_bytes(mem['total'])}"]
     return "\n".join(lines)

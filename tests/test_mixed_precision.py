@@ -110,6 +110,21 @@ def test_clip_grad_norm_by_hand_clips_the_master_gradients(data):
         pytest.approx(max_norm, rel=1e-5)
 
 
+def test_memory_estimate_counts_the_float32_master_copy():
+    """fp16 weights and gradients (2 + 2 bytes), Adam's m and v in float32 (4 + 4), and the float32
+    master weights and gradients (4 + 4): 20 bytes a parameter, which the estimate put at 8."""
+    m = net("float16", LossScaler(), opt=Adam)
+    m.build((8,))
+    n = m.count_params()
+    mem = m.memory_estimate(0)
+    assert mem == {"parameters": 2 * n, "gradients": 2 * n, "optimizer_state": 8 * n,
+                   "master_weights": 8 * n, "activations": 0, "total": 20 * n}
+    assert "master weights and gradients" in m.summary(print_fn=None)
+    plain = net("float16", opt=Adam)
+    plain.build((8,))
+    assert plain.memory_estimate(0)["total"] == 8 * n and "master_weights" not in plain.memory_estimate(0)
+
+
 def test_loss_scaler_backoff_and_growth():
     s = LossScaler(init_scale=1024.0, growth_factor=2.0, backoff_factor=0.5, growth_interval=3)
     s.update(found_inf=True)
