@@ -16,12 +16,18 @@ class BatchNorm1d(Layer):
     statistics, so the layer is then a fixed affine map.
 
     Backward (training).  Let s = 1/√(σ²+ε) and g = dy ⊙ γ = ∂L/∂x̂.  Then
-    dγ = Σ_n dy ⊙ x̂, dβ = Σ_n dy, and because μ and σ² depend on every row,
+    dγ = Σ_n dy ⊙ x̂ and dβ = Σ_n dy.  For dx, x_n reaches L directly through
+    x̂_n and through μ and σ², which depend on every row (per feature):
+
+        ∂L/∂σ² = Σ_n g_n (x_n - μ) · (-½) s³  = -(s²/2) Σ_n g_n x̂_n
+        ∂L/∂μ  = -s Σ_n g_n     (the path through σ² adds -(2/N) Σ_n (x_n - μ) = 0)
+        ∂L/∂x_n = s g_n + ∂L/∂σ² · 2(x_n - μ)/N + ∂L/∂μ / N
+
+    and with x_n - μ = x̂_n / s the three terms collect into
 
         ∂L/∂x = (s / N) · (N g - Σ_n g - x̂ Σ_n (g ⊙ x̂))
 
-    (differentiate x̂ = (x-μ)s through μ and σ² and collect terms; the two
-    sums remove the components of g along 1 and along x̂).
+    (the two sums remove the components of g along 1 and along x̂).
     Backward (evaluation): μ, σ² are constants, so ∂L/∂x = g · s.
     """
 
