@@ -10,7 +10,7 @@ import numpy as np
 from .backends import get_backend
 from .callbacks import CallbackList, ProgressBar
 from .data import DataLoader, validate_xy
-from .errors import ConfigError, NotBuiltError, ShapeError
+from .errors import ConfigError, DataError, NotBuiltError, ShapeError
 from .history import History
 from .layers.base import BuildContext, Layer, layer_from_config, layer_to_config
 from .losses import get_loss
@@ -218,16 +218,18 @@ class Sequential(Layer):
 
     def _prepare(self, X, y):
         """Validate data, build the model for it, and check the targets fit the loss."""
+        if y is None:
+            raise DataError("training and evaluation need targets: pass y, one per sample of X "
+                            "(model.predict(X) gives the outputs without targets)")
         X, y = validate_xy(X, y)
         X = X.astype(self.dtype, copy=False)
         if not self.built:
             self.build(X.shape[1:])
         if tuple(X.shape[1:]) != self.input_shape:
             raise ShapeError(self._input_mismatch(tuple(X.shape)))
-        if y is not None:
-            self.loss.check_target(y, int(np.prod(self.output_shape)))
-            if self.loss.kind == "regression" or y.ndim == 2:
-                y = y.astype(self.dtype, copy=False)
+        self.loss.check_target(y, int(np.prod(self.output_shape)))
+        if self.loss.kind == "regression" or y.ndim == 2:
+            y = y.astype(self.dtype, copy=False)
         return X, y
 
     def train_step(self, xb, yb) -> tuple[float, object]:

@@ -348,6 +348,9 @@ def test_data_errors(compiled):
         compiled.fit(X, y, verbose=0)
     with pytest.raises(DataError, match=r"\[3, 7\]"):
         compiled.predict(X)
+    for call in (compiled.fit, compiled.evaluate):          # were a bare ValueError / TypeError
+        with pytest.raises(DataError, match="need targets: pass y"):
+            call(np.zeros((10, 64)), None)
 
 
 def test_label_errors(compiled):
