@@ -186,6 +186,9 @@ class RMSProp(Optimizer):
     def __init__(self, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
                  momentum: float = 0.0, weight_decay: float = 0.0):
         super().__init__(lr, weight_decay)
+        if not (0.0 <= alpha < 1.0 and 0.0 <= momentum < 1.0) or not eps > 0:
+            raise ConfigError(f"RMSProp(alpha={alpha}, eps={eps}, momentum={momentum}): need "
+                              "0 <= alpha < 1, 0 <= momentum < 1 and eps > 0")
         self.alpha, self.eps, self.momentum = float(alpha), float(eps), float(momentum)
         self.state_names = ("square_avg", "velocity") if momentum else ("square_avg",)
 

@@ -249,6 +249,9 @@ def test_optimizer_errors():
         Adam(betas=(1.0, 0.9))
     with pytest.raises(ConfigError):
         Adam(weight_decay=-1)
+    for bad in (dict(alpha=1.5), dict(alpha=-0.1), dict(eps=0.0), dict(momentum=1.0)):
+        with pytest.raises(ConfigError, match="RMSProp"):      # alpha=1.5 made square_avg negative (NaN steps)
+            RMSProp(**bad)
     with pytest.raises(NotBuiltError, match="not attached"):
         Adam().step()
     with pytest.raises(ConfigError, match="unknown optimizer 'adamax'"):
