@@ -295,6 +295,9 @@ class BCEWithLogits(Loss):
 
     def __init__(self, pos_weight=None):
         super().__init__()
+        if pos_weight is not None and not float(pos_weight) >= 0:
+            raise ConfigError(f"BCEWithLogits(pos_weight={pos_weight}): pos_weight must be >= 0 "
+                              "(a negative weight makes the loss unbounded below)")
         self.pos_weight = None if pos_weight is None else float(pos_weight)
 
     def check_target(self, target, n_outputs):

@@ -356,5 +356,7 @@ def test_loss_config_errors():
         FocalLoss(alpha=[1.0, 2.0]).forward(Z, np.array([0, 1, 2, 0]))
     with pytest.raises(ConfigError, match="non-negative"):                        # was a loss of the wrong sign
         FocalLoss(alpha=[1.0, -2.0, 1.0])
+    with pytest.raises(ConfigError, match="pos_weight must be >= 0"):
+        BCEWithLogits(pos_weight=-1.0)
     with pytest.raises(ConfigError, match="before forward"):
         MSE().backward()
