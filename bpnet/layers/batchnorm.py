@@ -54,7 +54,10 @@ class BatchNorm1d(Layer):
         if training:
             n = x.shape[0]
             if n < 2:
-                raise ConfigError(f"{self.name}: BatchNorm1d needs at least 2 samples per batch in training, got {n}")
+                raise ConfigError(
+                    f"{self.name}: BatchNorm1d needs at least 2 samples per batch in training, got {n} "
+                    "(a batch statistic of one sample normalises it to 0); use larger batches, and if this "
+                    "is the last batch of an epoch, pick a batch_size that does not leave a single sample over")
             mu = x.mean(axis=0)
             var = x.var(axis=0)
             m = self.momentum
