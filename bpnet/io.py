@@ -99,8 +99,28 @@ def parse_checkpoint(data: bytes, name="checkpoint") -> tuple[dict, dict]:
         raise CheckpointError(f"cannot read bpnet checkpoint {name!s}: {exc}") from exc
     if "__config__" not in arrays:
         raise CheckpointError(f"{name!s} is an .npz file but not a bpnet checkpoint (no __config__ entry)")
-    config = json.loads(arrays.pop("__config__").tobytes().decode())
+    try:
+        config = json.loads(arrays.pop("__config__").tobytes().decode())
+    except ValueError as exc:           # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise CheckpointError(f"{name!s}: the architecture entry (__config__) is damaged: {exc}") from exc
+    if not isinstance(config, dict) or config.get("format") != "bpnet" or "model" not in config:
+        raise CheckpointError(f"{name!s} is an .npz file but its __config__ is not a bpnet model description")
+    if int(config.get("version", 0)) > FORMAT_VERSION:
+        raise CheckpointError(f"{name!s} was written in checkpoint format {config['version']}, newer than this "
+                              f"bpnet reads ({FORMAT_VERSION}); upgrade bpnet to load it")
     return config, arrays
+
+
+def _saved_array(arrays, key, like):
+    """The checkpoint's array ``key``, checked against the shape of ``like`` (the model's array)."""
+    if key not in arrays:
+        raise CheckpointError(f"the checkpoint has no entry {key!r} for the model it describes; "
+                              "the file is damaged or was not written by Sequential.save")
+    saved = arrays[key]
+    if tuple(saved.shape) != tuple(like.shape):
+        raise CheckpointError(f"the checkpoint's {key!r} has shape {tuple(saved.shape)} but the model's "
+                              f"is {tuple(like.shape)}; the file is damaged or belongs to another model")
+    return saved
 
 
 def restore_state(model, config: dict, arrays: dict):
@@ -111,9 +131,11 @@ def restore_state(model, config: dict, arrays: dict):
         model.build(tuple(config["input_shape"]))
     bk = model.backend
     for name, owner, key in model.named_parameters():
-        owner.params[key][...] = bk.asarray(arrays[f"param/{name}"], dtype=model.dtype)
+        saved = _saved_array(arrays, f"param/{name}", owner.params[key])
+        owner.params[key][...] = bk.asarray(saved, dtype=model.dtype)
     for name, owner, key in model.named_buffers():
-        owner.buffers[key][...] = bk.asarray(arrays[f"buffer/{name}"], dtype=model.dtype)
+        saved = _saved_array(arrays, f"buffer/{name}", owner.buffers[key])
+        owner.buffers[key][...] = bk.asarray(saved, dtype=model.dtype)
     rng = config.get("rng", {})
     if rng:
         model.init_rng.bit_generator.state = rng["init"]

@@ -94,6 +94,35 @@ def test_not_a_checkpoint(tmp_path):
         bpnet.Sequential.load(path)
 
 
+def test_damaged_checkpoint(tmp_path):
+    """A checkpoint whose entries were damaged or swapped says which entry is wrong
+    (these were a bare JSONDecodeError, KeyError and broadcasting ValueError)."""
+    import json
+    model = bpnet.Sequential([bpnet.Dense(3), bpnet.ReLU(), bpnet.Dense(2)], backend="numpy")
+    model.build((4,))
+    model.save(tmp_path / "ok.npz")
+    with np.load(tmp_path / "ok.npz") as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    config = json.loads(arrays["__config__"].tobytes().decode())
+
+    def write(name, cfg_bytes, **changes):
+        entries = {**arrays, "__config__": np.frombuffer(cfg_bytes, dtype=np.uint8), **changes}
+        np.savez(tmp_path / name, **{k: v for k, v in entries.items() if v is not None})
+        return tmp_path / name
+
+    cases = [
+        (write("json.npz", b"{not json"), r"__config__\) is damaged"),
+        (write("missing.npz", json.dumps(config).encode(), **{"param/0.W": None}), "no entry 'param/0.W'"),
+        (write("shape.npz", json.dumps(config).encode(), **{"param/0.W": np.zeros((5, 3))}),
+         r"'param/0.W' has shape \(5, 3\) but the model's is \(4, 3\)"),
+        (write("newer.npz", json.dumps({**config, "version": 99}).encode()), "format 99, newer"),
+    ]
+    for path, words in cases:
+        with pytest.raises(CheckpointError, match=words):
+            bpnet.Sequential.load(path)
+    assert bpnet.Sequential.load(tmp_path / "ok.npz").count_params() == model.count_params()
+
+
 def test_batchnorm_needs_two_samples():
     bn = bpnet.BatchNorm1d()
     with pytest.raises(ConfigError, match="at least 2 samples.*does not leave a single sample over"):
