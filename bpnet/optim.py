@@ -58,7 +58,7 @@ class Optimizer:
             s = self.state.get(name)
             if s is None or s.shape != p.shape:
                 self.state[name] = self.model.backend.zeros(p.shape, p.dtype)
-            else:               # no copy when already there; state loaded before build moves in here
+            elif s.dtype != p.dtype or type(s) is not type(p):    # e.g. loaded on the host before build
                 self.state[name] = self.model.backend.asarray(s, dtype=p.dtype)
         return p, g
 
