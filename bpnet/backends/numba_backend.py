@@ -12,7 +12,6 @@ reference, so a caller never has to care which path ran.
 """
 from __future__ import annotations
 
-import math
 import time
 
 import numpy as np
