@@ -133,3 +133,23 @@ def test_residual_shape_mismatch():
     res = bpnet.Residual([bpnet.Dense(4)])
     with pytest.raises(ShapeError, match=r"maps per-sample shape \(3,\) to \(4,\)"):
         res.forward(np.ones((2, 3)))
+
+
+def test_checkpoints_get_ordinary_file_permissions(tmp_path):
+    """Atomic writes go through a private temporary file; the result must not stay private."""
+    import os
+    import stat
+
+    from bpnet.io import atomic_write_bytes
+    umask = os.umask(0o022)
+    try:
+        fresh = tmp_path / "fresh.npz"
+        atomic_write_bytes(fresh, b"new")
+        assert stat.S_IMODE(os.stat(fresh).st_mode) == 0o644
+        shared = tmp_path / "shared.npz"
+        shared.write_bytes(b"old")
+        os.chmod(shared, 0o664)
+        atomic_write_bytes(shared, b"new")
+        assert stat.S_IMODE(os.stat(shared).st_mode) == 0o664 and shared.read_bytes() == b"new"
+    finally:
+        os.umask(umask)
