@@ -18,11 +18,12 @@ samples of a global batch, so
 the mean of the per-rank mean gradients.  A short last batch of m < G samples
 is split into shards of size m_r (differing by at most one); rank r then scales
 its gradient by N·m_r/m before the same all-reduce, which restores the global
-mean (1/m) Σ_r m_r ∇L_r.  (Losses with class weights normalise by Σ w, not by
-the sample count, so their per-rank means are only approximately equal to the
-global one; BatchNorm normalises each rank's shard by its own statistics and
-Dropout draws each rank's masks from its own generator: such models train
-correctly but are not covered by the bit-for-bit guarantee.)
+mean (1/m) Σ_r m_r ∇L_r.  Losses with class weights divide by the sum of the
+batch's weights w_r instead of its size, so their ranks are combined by
+N·w_r/Σ w instead, which is exact too.  (BatchNorm normalises each rank's
+shard by its own statistics and Dropout draws each rank's masks from its own
+generator: such models train correctly but are not covered by the
+bit-for-bit guarantee.)
 
 The protocol, step by step:
 
@@ -251,8 +252,9 @@ class DistributedTrainer:
 
         (Under a loss scaler the float32 master gradients, which the optimizer reads.)
 
-        ``weight`` (N·m_r/m for unequal shards) pre-scales this rank's gradient;
-        None means every shard had the same size.
+        ``weight`` (N·w_r/Σw, with w_r the sample count or, for class-weighted
+        losses, the sum of weights the rank's loss divided by) pre-scales this
+        rank's gradient; None means every shard weighed the same.
         """
         g, bk = self._grad_buffer(), self.model.backend
         if self.size == 1:
@@ -416,7 +418,7 @@ class DistributedTrainer:
         global_batch = batch_size * size
         want_acc = "accuracy" in model.metrics
         scaler = getattr(model, "loss_scaler", None)
-        total_loss, correct, seen = 0.0, 0.0, 0.0
+        total_loss, total_weight, correct, seen = 0.0, 0.0, 0.0, 0.0
         stop_pending = 0.0
         start = time.perf_counter()
         for i, lo in enumerate(range(0, n, global_batch)):
@@ -428,11 +430,12 @@ class DistributedTrainer:
             idx = order[lo + offset: lo + offset + count]
             cbs.on_batch_begin(i)
             scaler_state = (scaler.scale, scaler.good_steps, scaler.overflows) if scaler else None
-            loss_sum = n_correct = 0.0
+            loss_sum = n_correct = weight = 0.0
             if count:
                 yb_dev = bk.asarray(np.take(y, idx, axis=0))
                 loss, out = model.train_step(np.take(X, idx, axis=0), yb_dev)
-                loss_sum = loss * count
+                weight = model._batch_weight(count)   # what the loss divided by: count, or Σ class weights
+                loss_sum = loss * weight
                 if want_acc:
                     n_correct = float((model.loss.predict_labels(out).ravel() ==
                                        model.loss.true_labels(yb_dev).ravel()).sum())
@@ -440,8 +443,8 @@ class DistributedTrainer:
                 self._grad_buffer()[...] = 0
             overflow = float(getattr(model, "skip_step", False))
             # a stop asked for by any rank's callbacks in the previous step travels with the logs
-            g_loss, g_correct, g_count, g_stop, g_overflow = self.allreduce_scalars(
-                [loss_sum, n_correct, count, stop_pending, overflow])
+            g_loss, g_correct, g_count, g_weight, g_stop, g_overflow = self.allreduce_scalars(
+                [loss_sum, n_correct, count, weight, stop_pending, overflow])
             if g_stop:
                 model.stop_training = True
                 break
@@ -449,8 +452,10 @@ class DistributedTrainer:
                 scaler.scale, scaler.good_steps, scaler.overflows = scaler_state
                 scaler.update(found_inf=bool(g_overflow))
                 model.skip_step = bool(g_overflow)
-            self.allreduce_gradients(None if m == global_batch else size * count / m)
-            batch_loss = g_loss / g_count
+            # rank r's gradient is ∇(Σ_r ℓ_i)/w_r; the global mean gradient is Σ_r w_r ∇_r / Σ w_r
+            equal = m == global_batch and model.loss.batch_weight is None
+            self.allreduce_gradients(None if equal else size * weight / g_weight)
+            batch_loss = g_loss / g_weight
             cbs.on_backward_end(i, {"loss": batch_loss})
             skipped = bool(getattr(model, "skip_step", False))
             model.skip_step = False
@@ -460,13 +465,14 @@ class DistributedTrainer:
                     model._anomaly.check_update(model)
             if not (skipped and not math.isfinite(batch_loss)):   # a rolled-back bad batch is not counted
                 total_loss += g_loss
+                total_weight += g_weight
                 correct += g_correct
                 seen += g_count
             cbs.on_batch_end(i, {"loss": batch_loss, "size": int(g_count), "skipped": skipped})
             stop_pending = float(model.stop_training)
             if stop_pending and size == 1:
                 break
-        logs = {"loss": total_loss / max(seen, 1)}
+        logs = {"loss": total_loss / total_weight if total_weight else 0.0}
         if want_acc:
             logs["accuracy"] = correct / max(seen, 1)
         logs["lr"] = float(model.optimizer.lr)

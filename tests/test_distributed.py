@@ -20,7 +20,7 @@ from bpnet.distributed import _shard
 
 SCRIPTS = Path(__file__).parent / "mpi_scripts"
 sys.path.insert(0, str(SCRIPTS))
-from mpi_common import PER_RANK_BATCH, flat, make_data, make_model  # noqa: E402
+from mpi_common import CLASS_WEIGHTS, PER_RANK_BATCH, flat, make_data, make_model  # noqa: E402
 
 
 def _find_mpiexec():
@@ -76,6 +76,16 @@ def test_two_ranks_match_one_process_with_twice_the_batch(two_rank_run, dtype, o
     for name in ("loss", "accuracy", "val_loss", "val_accuracy"):
         np.testing.assert_allclose(two_rank_run[f"{key}_{name}"], history.history[name],
                                    rtol=max(rtol, 1e-7), atol=atol, err_msg=name)
+
+
+@needs_mpi
+def test_class_weighted_loss_matches_one_process(two_rank_run):
+    # each rank's loss divides by its own Σ w_{y_i}; the ranks combine by those sums, not by counts
+    X, y = make_data()
+    model = make_model("float64", "adam", class_weights=CLASS_WEIGHTS)
+    history = model.fit(X, y, epochs=3, batch_size=2 * PER_RANK_BATCH, verbose=0)
+    np.testing.assert_allclose(two_rank_run["weighted_params"], flat(model), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(two_rank_run["weighted_loss"], history.history["loss"], rtol=1e-12)
 
 
 @needs_mpi

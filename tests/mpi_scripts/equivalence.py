@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 from mpi4py import MPI
-from mpi_common import PER_RANK_BATCH, flat, make_data, make_model
+from mpi_common import CLASS_WEIGHTS, PER_RANK_BATCH, flat, make_data, make_model
 
 from bpnet import Callback
 from bpnet.distributed import DistributedTrainer
@@ -42,6 +42,11 @@ for dtype, opt in (("float64", "adam"), ("float32", "adam"), ("float64", "sgd"))
     results[f"{key}_params"] = flat(model)
     for name, values in history.history.items():
         results[f"{key}_{name}"] = np.asarray(values, dtype=np.float64)
+# a class-weighted loss divides by Σ w over the batch: ranks must combine by those sums
+model = make_model("float64", "adam", class_weights=CLASS_WEIGHTS)
+history = DistributedTrainer(model).fit(X, y, epochs=3, batch_size=PER_RANK_BATCH, verbose=0)
+results["weighted_params"] = flat(model)
+results["weighted_loss"] = np.asarray(history.history["loss"], dtype=np.float64)
 # float16 has no standard MPI type: it is reduced as float32 through a host buffer
 half = np.full(5, comm.rank + 0.5, dtype=np.float16)
 DistributedTrainer(model)._allreduce_(half, "half")

@@ -10,7 +10,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
 
-from bpnet import SGD, Adam, Dense, Sequential, Tanh  # noqa: E402
+from bpnet import SGD, Adam, CrossEntropy, Dense, Sequential, Tanh  # noqa: E402
 
 N_SAMPLES = 205          # 205 = 6 global batches of 32 + a short batch of 13 (shards of 7 and 6)
 PER_RANK_BATCH = 16
@@ -24,11 +24,14 @@ def make_data(n=N_SAMPLES, features=8, classes=3, seed=0):
     return X, y
 
 
-def make_model(dtype="float64", optimizer="adam"):
+CLASS_WEIGHTS = [1.0, 3.0, 0.5]
+
+
+def make_model(dtype="float64", optimizer="adam", class_weights=None):
     model = Sequential([Dense(16, init="xavier_uniform"), Tanh(), Dense(3)],
                        seed=0, dtype=dtype, backend="numpy")
     opt = Adam(lr=1e-2) if optimizer == "adam" else SGD(lr=0.1, momentum=0.9)
-    model.compile(loss="cross_entropy", optimizer=opt)
+    model.compile(loss=CrossEntropy(class_weights=class_weights), optimizer=opt)
     return model
 
 
