@@ -437,8 +437,7 @@ class DistributedTrainer:
                 weight = model._batch_weight(count)   # what the loss divided by: count, or Σ class weights
                 loss_sum = loss * weight
                 if want_acc:
-                    n_correct = float((model.loss.predict_labels(out).ravel() ==
-                                       model.loss.true_labels(yb_dev).ravel()).sum())
+                    n_correct = float(model.loss.count_correct(out, yb_dev))
             else:                                  # a short last batch left this rank nothing
                 self._grad_buffer()[...] = 0
             overflow = float(getattr(model, "skip_step", False))

@@ -349,8 +349,7 @@ class Sequential(Layer):
                 weight += w
                 seen += n
                 if want_acc:
-                    correct += int((self.loss.predict_labels(out).ravel() ==
-                                    self.loss.true_labels(yb_dev).ravel()).sum())
+                    correct += self.loss.count_correct(out, yb_dev)
             cbs.on_batch_end(i, {"loss": loss, "size": n, "skipped": skipped})
             if self.stop_training:
                 break
@@ -378,8 +377,7 @@ class Sequential(Layer):
                 total += loss * w
                 weight += w
                 if "accuracy" in self.metrics:
-                    correct += int((self.loss.predict_labels(out).ravel() ==
-                                    self.loss.true_labels(yb).ravel()).sum())
+                    correct += self.loss.count_correct(out, yb)
         finally:
             self.loss.trusted = trusted
         self.clear_cache()

@@ -139,8 +139,7 @@ def train(model, loss, optimizer, X, y, *, steps: int, batch_size: int = 64, see
                 total += value * len(idx)
                 seen += len(idx)
                 if want_acc:
-                    correct += int((model.loss.predict_labels(out).ravel() ==
-                                    model.loss.true_labels(yb).ravel()).sum())
+                    correct += model.loss.count_correct(out, yb)
                 if not math.isfinite(value) and bad_since is None:
                     bad_since = step
                 step += 1
