@@ -9,7 +9,7 @@ import numpy as np
 from ...data import Standardizer, load_digits, train_test_split
 from ...layers import Dense, ReLU
 from ...model import Sequential
-from ..train import Run, evaluate, step_series
+from ..train import Run, evaluate, step_series, train
 
 BACKEND = "numpy"          # the reference backend: the lab's numbers are the textbook's
 
@@ -84,6 +84,13 @@ def finish(run: Run, X_val=None, y_val=None) -> Run:
             m["grad_norm_first_layer"] = first[layer_keys[0]]
             m["grad_norm_last_layer"] = first[layer_keys[-1]]
     return run
+
+
+def fit_scenario(model, loss, optimizer, data, **train_kw) -> Run:
+    """``train`` on ``data["X"], data["y"]`` with its validation split, then :func:`finish`."""
+    run = train(model, loss, optimizer, data["X"], data["y"],
+                validation_data=(data["X_val"], data["y_val"]), **train_kw)
+    return finish(run, data["X_val"], data["y_val"])
 
 
 def loss_drop(run: Run, k: int = 20) -> float:

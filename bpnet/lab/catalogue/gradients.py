@@ -13,8 +13,7 @@ from ...model import Sequential
 from ...optim import SGD
 from ..core import Bar, Scenario, register
 from ..layers import TiedRecurrence, WrongSigmoid
-from ..train import train
-from ._common import BACKEND, consult_doctor, digits, finish
+from ._common import BACKEND, consult_doctor, digits, fit_scenario
 
 _ACT = {"sigmoid": Sigmoid, "relu": ReLU, "tanh": Tanh, "leaky_relu": LeakyReLU}
 
@@ -62,9 +61,8 @@ def _deep(cfg, data, seed, steps, label):
             layers.append(act())
     layers.append(Dense(10, init="xavier_uniform"))
     model = Sequential(layers, seed=seed, backend=BACKEND)
-    run = train(model, CrossEntropy(), SGD(lr=cfg["lr"]), data["X"], data["y"], steps=steps, batch_size=64,
-                seed=seed, label=label, config=cfg, validation_data=(data["X_val"], data["y_val"]))
-    finish(run, data["X_val"], data["y_val"])
+    run = fit_scenario(model, CrossEntropy(), SGD(lr=cfg["lr"]), data, steps=steps, batch_size=64,
+                       seed=seed, label=label, config=cfg)
     return consult_doctor(run)
 
 
@@ -101,9 +99,8 @@ def _exploding(cfg, data, seed, steps, label):
         layers += [Dense(64, init=cfg["init"]), ReLU()]
     layers.append(Dense(10, init=cfg["init"]))
     model = Sequential(layers, seed=seed, backend=BACKEND)
-    run = train(model, CrossEntropy(), SGD(lr=cfg["lr"]), data["X"], data["y"], steps=steps, batch_size=64,
-                seed=seed, label=label, config=cfg, validation_data=(data["X_val"], data["y_val"]))
-    finish(run, data["X_val"], data["y_val"])
+    run = fit_scenario(model, CrossEntropy(), SGD(lr=cfg["lr"]), data, steps=steps, batch_size=64,
+                       seed=seed, label=label, config=cfg)
     return consult_doctor(run)
 
 
@@ -142,10 +139,9 @@ def _recurrent(cfg, data, seed, steps, label):
                                        recurrent_gain=cfg["recurrent_gain"]), Dense(2)],
                        seed=seed, backend=BACKEND)
     clip = cfg.get("clip_norm")
-    run = train(model, CrossEntropy(), SGD(lr=cfg["lr"]), data["X"], data["y"], steps=steps, batch_size=64,
-                seed=seed, label=label, config=cfg, validation_data=(data["X_val"], data["y_val"]),
-                callbacks=[GradientClipping(clip)] if clip else [])
-    finish(run, data["X_val"], data["y_val"])
+    run = fit_scenario(model, CrossEntropy(), SGD(lr=cfg["lr"]), data, steps=steps, batch_size=64,
+                       seed=seed, label=label, config=cfg,
+                       callbacks=[GradientClipping(clip)] if clip else [])
     run.metrics["spectral_radius"] = model.layers[0].spectral_radius()
     return consult_doctor(run)
 
@@ -181,9 +177,8 @@ def _relu_net(cfg, data, seed, steps, label):
         init = partial(initializers.constant, value=float(init[len("constant("):-1]))
     model = Sequential([Dense(cfg.get("width", 64), init=init), act(), Dense(cfg.get("width", 64), init=init),
                         act(), Dense(10, init=init)], seed=seed, backend=BACKEND)
-    run = train(model, CrossEntropy(), SGD(lr=cfg["lr"]), data["X"], data["y"], steps=steps, batch_size=64,
-                seed=seed, label=label, config=cfg, validation_data=(data["X_val"], data["y_val"]))
-    finish(run, data["X_val"], data["y_val"])
+    run = fit_scenario(model, CrossEntropy(), SGD(lr=cfg["lr"]), data, steps=steps, batch_size=64,
+                       seed=seed, label=label, config=cfg)
     run.metrics["dead_frac_max"] = _dead_fraction(run)
     run.metrics["distinct_units"] = distinct_units(model.layers[0].params["W"])
     return consult_doctor(run)
@@ -235,9 +230,8 @@ def _hand_layer(cfg, data, seed, steps, label):
     hidden = WrongSigmoid() if cfg["layer"] == "WrongSigmoid" else Sigmoid()
     model = Sequential([Dense(32, init="xavier_uniform"), hidden, Dense(10, init="xavier_uniform")],
                        seed=seed, backend=BACKEND)
-    run = train(model, CrossEntropy(), SGD(lr=cfg["lr"]), data["X"], data["y"], steps=steps, batch_size=64,
-                seed=seed, label=label, config=cfg, validation_data=(data["X_val"], data["y_val"]))
-    finish(run, data["X_val"], data["y_val"])
+    run = fit_scenario(model, CrossEntropy(), SGD(lr=cfg["lr"]), data, steps=steps, batch_size=64,
+                       seed=seed, label=label, config=cfg)
     from ...doctor.gradients import check_gradients
     found = check_gradients(model, data["X"][:4], data["y"][:4], seed=seed)
     worst = max((f.evidence["rel_error"] for f in found), default=0.0)

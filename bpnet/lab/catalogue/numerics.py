@@ -14,8 +14,7 @@ from ...model import Sequential
 from ...optim import SGD
 from ..core import Bar, Scenario, register
 from ..layers import NaiveBCE, NaiveNLL, NaiveSoftmax
-from ..train import train
-from ._common import BACKEND, consult_doctor, digits, finish
+from ._common import BACKEND, consult_doctor, digits, fit_scenario
 
 
 # --------------------------------------------------------------------------- softmax overflow
@@ -36,9 +35,8 @@ def _softmax_run(cfg, data, seed, steps, label):
     else:
         loss = CrossEntropy()
     model = Sequential(layers, seed=seed, backend=BACKEND)
-    run = train(model, loss, SGD(lr=cfg["lr"]), data["X"], data["y"], steps=steps, batch_size=64, seed=seed,
-                monitor_every=1, label=label, config=cfg, validation_data=(data["X_val"], data["y_val"]))
-    finish(run, data["X_val"], data["y_val"])
+    run = fit_scenario(model, loss, SGD(lr=cfg["lr"]), data, steps=steps, batch_size=64, seed=seed,
+                       monitor_every=1, label=label, config=cfg)
     return consult_doctor(run)
 
 
@@ -76,9 +74,8 @@ def _bce_run(cfg, data, seed, steps, label):
     loss = NaiveBCE() if cfg["loss"] == "-log(sigmoid(z))" else BCEWithLogits()
     model = Sequential([Dense(64, init="he_normal"), ReLU(), Dense(1, init="he_normal")], seed=seed,
                        backend=BACKEND)
-    run = train(model, loss, SGD(lr=cfg["lr"]), data["X"], data["y"], steps=steps, batch_size=64, seed=seed,
-                monitor_every=1, label=label, config=cfg, validation_data=(data["X_val"], data["y_val"]))
-    finish(run, data["X_val"], data["y_val"])
+    run = fit_scenario(model, loss, SGD(lr=cfg["lr"]), data, steps=steps, batch_size=64, seed=seed,
+                       monitor_every=1, label=label, config=cfg)
     return consult_doctor(run)
 
 
@@ -109,9 +106,8 @@ def _double_softmax_run(cfg, data, seed, steps, label):
     if cfg["output"] == "Softmax layer":
         layers.append(Softmax())
     model = Sequential(layers, seed=seed, backend=BACKEND)
-    run = train(model, CrossEntropy(), SGD(lr=cfg["lr"]), data["X"], data["y"], steps=steps, batch_size=64,
-                seed=seed, label=label, config=cfg, validation_data=(data["X_val"], data["y_val"]))
-    finish(run, data["X_val"], data["y_val"])
+    run = fit_scenario(model, CrossEntropy(), SGD(lr=cfg["lr"]), data, steps=steps, batch_size=64,
+                       seed=seed, label=label, config=cfg)
     run.metrics["loss_floor"] = math.log(9 + math.e) - 1.0      # the lowest CE of softmax over [0, 1] inputs
     run.metrics["train_loss"] = run.history["loss"][-1]
     return consult_doctor(run)
@@ -153,10 +149,8 @@ def _fp16_run(cfg, data, seed, steps, label):
     model = Sequential([Dense(16, init="he_normal"), ReLU(), Dense(1)], seed=seed, dtype=cfg["dtype"],
                        backend=BACKEND)
     scaler = LossScaler() if cfg.get("loss_scaler") else None
-    run = train(model, MSE(), SGD(lr=cfg["lr"]), data["X"], data["y"], steps=steps, batch_size=64, seed=seed,
-                monitor_every=1, loss_scaler=scaler, label=label, config=cfg,
-                validation_data=(data["X_val"], data["y_val"]))
-    finish(run, data["X_val"], data["y_val"])
+    run = fit_scenario(model, MSE(), SGD(lr=cfg["lr"]), data, steps=steps, batch_size=64, seed=seed,
+                       monitor_every=1, loss_scaler=scaler, label=label, config=cfg)
     m = run.metrics
     m["val_loss_rel"] = m["val_loss"] / float(data["y_val"].var())
     if scaler is not None:

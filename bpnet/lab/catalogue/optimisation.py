@@ -12,17 +12,14 @@ from ...losses import MSE, CrossEntropy
 from ...model import Sequential
 from ...optim import SGD, Adam, AdamW
 from ..core import Bar, Scenario, register
-from ..train import train
-from ._common import BACKEND, consult_doctor, digits, finish, loss_drop, mlp, smooth_regression
+from ._common import BACKEND, consult_doctor, digits, finish, fit_scenario, loss_drop, mlp, smooth_regression
 
 
 # --------------------------------------------------------------------------- learning rate
 def _sgd_digits(cfg, data, seed, steps, label):
     model = mlp(hidden=(64, 64), seed=seed)
-    run = train(model, CrossEntropy(), SGD(lr=cfg["lr"]), data["X"], data["y"], steps=steps,
-                batch_size=cfg.get("batch_size", 64), seed=seed, label=label, config=cfg,
-                validation_data=(data["X_val"], data["y_val"]))
-    finish(run, data["X_val"], data["y_val"])
+    run = fit_scenario(model, CrossEntropy(), SGD(lr=cfg["lr"]), data, steps=steps,
+                       batch_size=cfg.get("batch_size", 64), seed=seed, label=label, config=cfg)
     run.metrics["loss_drop"] = loss_drop(run)
     return consult_doctor(run)
 
@@ -33,9 +30,8 @@ def _regression_data(seed):
 
 def _sgd_regression(cfg, data, seed, steps, label):
     model = Sequential([Dense(32, init="xavier_uniform"), Tanh(), Dense(1)], seed=seed, backend=BACKEND)
-    run = train(model, MSE(), SGD(lr=cfg["lr"]), data["X"], data["y"], steps=steps, batch_size=64, seed=seed,
-                monitor_every=1, label=label, config=cfg, validation_data=(data["X_val"], data["y_val"]))
-    finish(run, data["X_val"], data["y_val"])
+    run = fit_scenario(model, MSE(), SGD(lr=cfg["lr"]), data, steps=steps, batch_size=64, seed=seed,
+                       monitor_every=1, label=label, config=cfg)
     return consult_doctor(run)
 
 
@@ -115,10 +111,9 @@ def _update_rule(cfg, data, seed, steps, label):
             buf[...] = 0
         update_norms.append(float(np.sqrt(model.backend.sum_squares(p - before.weights))))
 
-    run = train(model, CrossEntropy(), SGD(lr=lr), data["X"], data["y"], steps=steps,
-                batch_size=cfg.get("batch_size", len(data["X"])), seed=seed, label=label, config=cfg,
-                update=update, callbacks=[before], validation_data=(data["X_val"], data["y_val"]))
-    finish(run, data["X_val"], data["y_val"])
+    run = fit_scenario(model, CrossEntropy(), SGD(lr=lr), data, steps=steps,
+                       batch_size=cfg.get("batch_size", len(data["X"])), seed=seed, label=label, config=cfg,
+                       update=update, callbacks=[before])
     s = np.asarray(run.step_loss[:11])
     m = run.metrics
     m["loss_rises_first_10"] = int((np.diff(s) > 0).sum()) if len(s) == 11 and np.isfinite(s).all() else 0
@@ -287,9 +282,8 @@ def _overfit_run(cfg, data, seed, steps, label):
     opt = AdamW(lr=lr, weight_decay=cfg["weight_decay"]) if cfg.get("weight_decay") else Adam(lr=lr)
     callbacks = [EarlyStopping("val_loss", patience=5, restore_best_weights=True)] if cfg.get("early_stopping") \
         else []
-    run = train(model, CrossEntropy(), opt, data["X"], data["y"], steps=steps, batch_size=10, seed=seed,
-                label=label, config=cfg, callbacks=callbacks, validation_data=(data["X_val"], data["y_val"]))
-    finish(run, data["X_val"], data["y_val"])
+    run = fit_scenario(model, CrossEntropy(), opt, data, steps=steps, batch_size=10, seed=seed,
+                       label=label, config=cfg, callbacks=callbacks)
     best = min(run.history["val_loss"])
     m = run.metrics
     m["best_val_loss"] = best
