@@ -32,15 +32,6 @@ SIZES = (784, 512, 256, 10)
 GLOBAL_BATCH = 1024
 
 
-def find_mpiexec():
-    here = Path(sys.executable).parent            # the mpich wheel installs mpiexec beside python
-    for name in ("mpiexec", "mpirun"):
-        if (here / name).exists():
-            return str(here / name)
-    import shutil
-    return shutil.which("mpiexec") or shutil.which("mpirun")
-
-
 # ----------------------------------------------------------------------------- worker (under mpiexec)
 def worker(args):
     import numpy as np
@@ -106,6 +97,7 @@ def main():
     if args.worker:
         return worker(args)
 
+    from bpnet.distributed import find_mpiexec
     mpiexec = find_mpiexec()
     if mpiexec is None:
         raise SystemExit("no mpiexec found: pip install 'bpnet[mpi]' (mpi4py + the mpich wheel)")

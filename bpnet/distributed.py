@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import sys
 import threading
 import time
@@ -113,6 +114,15 @@ def _query_cuda_support() -> bool:
 # Seconds to wait between printing why we abort and calling Abort: the launcher forwards each
 # rank's output through a pipe, and Abort tears the job down, pipes included.
 ABORT_GRACE_S = 1.0
+
+
+def find_mpiexec() -> str | None:
+    """The MPI launcher to use: the one the ``mpich`` wheel installs beside this Python, else the PATH's."""
+    here = os.path.dirname(sys.executable)
+    for name in ("mpiexec", "mpirun"):
+        if os.path.exists(os.path.join(here, name)):
+            return os.path.join(here, name)
+    return shutil.which("mpiexec") or shutil.which("mpirun")
 
 
 def _shard(m: int, size: int, rank: int) -> tuple[int, int]:

@@ -7,7 +7,6 @@ here with an in-process single-process run of the same recipe
 """
 import importlib.util
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -16,22 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bpnet.distributed import _shard
+from bpnet.distributed import _shard, find_mpiexec
 
 SCRIPTS = Path(__file__).parent / "mpi_scripts"
 sys.path.insert(0, str(SCRIPTS))
 from mpi_common import CLASS_WEIGHTS, PER_RANK_BATCH, flat, make_data, make_model  # noqa: E402
 
 
-def _find_mpiexec():
-    here = Path(sys.executable).parent          # the mpich wheel installs mpiexec beside python
-    for name in ("mpiexec", "mpirun"):
-        if (here / name).exists():
-            return str(here / name)
-    return shutil.which("mpiexec") or shutil.which("mpirun")
-
-
-MPIEXEC = _find_mpiexec()
+MPIEXEC = find_mpiexec()
 needs_mpi = pytest.mark.skipif(
     importlib.util.find_spec("mpi4py") is None or MPIEXEC is None,
     reason="needs mpi4py and an mpiexec launcher: pip install 'bpnet[mpi]' (mpi4py + the mpich wheel)")

@@ -6,7 +6,6 @@ write files there), and the test reads the numbers it prints.
 import importlib.util
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ import numpy as np
 import pytest
 
 from bpnet import Sequential
+from bpnet.distributed import find_mpiexec
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 ENV = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1",
@@ -76,26 +76,18 @@ def test_06_bayesian_search_runs_or_says_what_to_install(tmp_path):
         assert float(re.search(r"test accuracy with the best parameters: ([\d.]+)", out).group(1)) >= 0.9
 
 
-def _mpiexec():
-    here = Path(sys.executable).parent          # the mpich wheel installs mpiexec beside python
-    for name in ("mpiexec", "mpirun"):
-        if (here / name).exists():
-            return str(here / name)
-    return shutil.which("mpiexec") or shutil.which("mpirun")
-
-
-@pytest.mark.skipif(importlib.util.find_spec("mpi4py") is None or _mpiexec() is None,
+@pytest.mark.skipif(importlib.util.find_spec("mpi4py") is None or find_mpiexec() is None,
                     reason="needs mpi4py and an mpiexec launcher: pip install 'bpnet[mpi]'")
 def test_07_distributed_run_resumes_on_one_rank_like_a_single_process(tmp_path):
     two, one = tmp_path / "two_then_one", tmp_path / "one"
     two.mkdir(), one.mkdir()
-    out = run_example("07_distributed_digits.py", two, "--epochs", "2", launcher=(_mpiexec(), "-n", "2"))
+    out = run_example("07_distributed_digits.py", two, "--epochs", "2", launcher=(find_mpiexec(), "-n", "2"))
     assert re.search(r"2 rank\(s\) x batch 32 \(global 64\): .* after 2 epochs", out)
     out = run_example("07_distributed_digits.py", two, "--resume", "--epochs", "2",
-                      launcher=(_mpiexec(), "-n", "1"))
+                      launcher=(find_mpiexec(), "-n", "1"))
     assert "resuming from distributed_digits.npz (optimizer step 46) on 1 rank(s)" in out
     resumed_acc = float(re.search(r"test accuracy ([\d.]+)% after 4 epochs", out).group(1))
-    out = run_example("07_distributed_digits.py", one, "--epochs", "4", launcher=(_mpiexec(), "-n", "1"))
+    out = run_example("07_distributed_digits.py", one, "--epochs", "4", launcher=(find_mpiexec(), "-n", "1"))
     single_acc = float(re.search(r"test accuracy ([\d.]+)% after 4 epochs", out).group(1))
     assert resumed_acc >= 90.0 and abs(resumed_acc - single_acc) <= 0.3    # at most one of 360 images
 

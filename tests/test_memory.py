@@ -5,22 +5,11 @@ import numpy as np
 import pytest
 
 from bpnet import Adam, BatchNorm1d, Callback, Dense, Dropout, ReLU, Sequential
+from doctor_helpers import one_blas_thread  # noqa: F401  (one BLAS thread: two test processes share two cores)
 
 psutil = pytest.importorskip("psutil")
 
 MB = 2 ** 20
-
-
-@pytest.fixture(autouse=True)
-def _one_blas_thread():
-    """One BLAS thread per test process: with pytest -n 2 on two cores, more only fight for them."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        yield
-        return
-    with threadpool_limits(1):
-        yield
 CACHE_ATTRS = ("x", "y", "mask", "cache", "x_shape")
 
 
