@@ -563,7 +563,24 @@ class Reinitialize(Callback):
         return reset
 
 
-class LearningRateScheduler(Callback):
+class ScheduleCallback(Callback):
+    """Sets the lr through ``_apply(t)``: t is the epoch, or with ``per_step`` the
+    number of optimizer steps taken so far (before every batch)."""
+    per_step = False
+
+    def _apply(self, t):
+        raise NotImplementedError
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if not self.per_step:
+            self._apply(epoch)
+
+    def on_batch_begin(self, batch, logs=None):
+        if self.per_step:
+            self._apply(self.model.optimizer.t)
+
+
+class LearningRateScheduler(ScheduleCallback):
     """Set the lr from ``schedule(epoch, lr)`` at the start of each epoch (Keras).
 
     With ``per_step=True`` it is ``schedule(step, lr)`` before every batch,
@@ -589,11 +606,3 @@ class LearningRateScheduler(Callback):
         lr = self.schedule(t, opt.lr) if self._two_args else self.schedule(t)
         _set_lr(self.model, lr)
         self.lrs.append(float(lr))
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if not self.per_step:
-            self._apply(epoch)
-
-    def on_batch_begin(self, batch, logs=None):
-        if self.per_step:
-            self._apply(self.model.optimizer.t)

@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import math
 
-from .callbacks import Callback
+from .callbacks import ScheduleCallback
 from .errors import ConfigError
 
 
-class Schedule(Callback):
+class Schedule(ScheduleCallback):
     """Base class: subclasses define ``lr_at(t, base_lr)``."""
 
     def __init__(self, per_step: bool = False, base_lr: float | None = None):
@@ -53,14 +53,6 @@ class Schedule(Callback):
     def _apply(self, t):
         opt = self.model.optimizer
         opt.lr = self(t, opt.initial_lr)
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if not self.per_step:
-            self._apply(epoch)
-
-    def on_batch_begin(self, batch, logs=None):
-        if self.per_step:
-            self._apply(self.model.optimizer.t)
 
     def __repr__(self):
         fields = {k: v for k, v in vars(self).items() if k not in ("model",) and not k.startswith("_")}
