@@ -409,10 +409,7 @@ class NaNGuard(Callback):
     def _grads_finite(self, logs) -> bool:
         if "grad_norm" in logs:
             return _finite(logs["grad_norm"])
-        model = self.model
-        scaler = getattr(model, "loss_scaler", None)
-        g = scaler.master_grads if scaler is not None and scaler.master_grads is not None else model.flat_grads
-        return model.backend.all_finite(g)
+        return self.model.backend.all_finite(self.model.step_grads)
 
     def on_backward_end(self, batch, logs=None):
         logs = logs if logs is not None else {}

@@ -14,12 +14,8 @@ def _grad_arrays(target):
     gradients; the optimizer reads the unscaled float32 ``master_grads``, so
     those are what clipping measures and rescales.
     """
-    flat = getattr(target, "flat_grads", None)
-    if flat is not None:
-        scaler = getattr(target, "loss_scaler", None)
-        if scaler is not None and scaler.master_grads is not None:
-            flat = scaler.master_grads
-        return target.backend, [flat]
+    if getattr(target, "flat_grads", None) is not None:
+        return target.backend, [target.step_grads]
     if hasattr(target, "named_parameters"):
         grads = [owner.grads[key] for _, owner, key in target.named_parameters()]
         return (target.backend or get_backend("numpy")), grads

@@ -266,7 +266,7 @@ class DistributedTrainer:
         losses, the sum of weights the rank's loss divided by) pre-scales this
         rank's gradient; None means every shard weighed the same.
         """
-        g, bk = self._grad_buffer(), self.model.backend
+        g, bk = self.model.step_grads, self.model.backend
         if self.size == 1:
             return
         if weight is not None and weight != 1.0:
@@ -415,13 +415,6 @@ class DistributedTrainer:
             cbs.on_train_end()
         return history
 
-    def _grad_buffer(self):
-        """The gradients the optimizer reads: the float32 master gradients under a loss scaler."""
-        scaler = getattr(self.model, "loss_scaler", None)
-        if scaler is not None and scaler.master_grads is not None:
-            return scaler.master_grads
-        return self.model.flat_grads
-
     def _train_epoch(self, X, y, order, batch_size, epoch, cbs) -> dict:
         model, bk = self.model, self.model.backend
         n, size = len(X), self.size
@@ -449,7 +442,7 @@ class DistributedTrainer:
                 if want_acc:
                     n_correct = float(model.loss.count_correct(out, yb_dev))
             else:                                  # a short last batch left this rank nothing
-                self._grad_buffer()[...] = 0
+                self.model.step_grads[...] = 0
             overflow = float(getattr(model, "skip_step", False))
             # a stop asked for by any rank's callbacks in the previous step travels with the logs
             g_loss, g_correct, g_count, g_weight, g_stop, g_overflow = self.allreduce_scalars(

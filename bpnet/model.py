@@ -176,6 +176,16 @@ class Sequential(Layer):
             dy = step.backward(dy)
         return dy
 
+    @property
+    def step_grads(self):
+        """The flat gradients the optimizer steps with: ``flat_grads``, or under a
+        loss scaler the unscaled float32 master gradients (what clipping and
+        all-reduce must act on)."""
+        scaler = self.loss_scaler
+        if scaler is not None and scaler.master_grads is not None:
+            return scaler.master_grads
+        return self.flat_grads
+
     def parameters(self) -> dict:
         """``{name: array}`` for every parameter, e.g. ``"0.W"`` for the first layer's W."""
         return {name: owner.params[key] for name, owner, key in self.named_parameters()}
