@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import numpy as np
 
-COLUMNS = ("index", "name", "layer", "shape", "dtype", "min", "max", "mean", "std", "nan", "inf")
-
-
 def array_stats(a) -> dict:
     """min, max, mean, std over the finite entries of ``a``, and its NaN and Inf counts."""
     a = np.asarray(a)

@@ -9,7 +9,7 @@ import numpy as np
 from ...data import Standardizer, load_digits, train_test_split
 from ...layers import Dense, ReLU
 from ...model import Sequential
-from ..train import Run, evaluate, step_series, train
+from ..train import Run, evaluate, train
 
 BACKEND = "numpy"          # the reference backend: the lab's numbers are the textbook's
 
@@ -99,14 +99,3 @@ def loss_drop(run: Run, k: int = 20) -> float:
     if len(s) < 2 * k or not np.isfinite(s).all():
         return math.nan
     return float(1.0 - s[-k:].mean() / s[:k].mean())
-
-
-def median_tail(run: Run, key: str, k: int = 10) -> float:
-    s = step_series(run, key)
-    s = s[np.isfinite(s)][-k:]
-    return float(np.median(s)) if len(s) else math.nan
-
-
-def inf_if_none(v):
-    """``first_nonfinite_step`` is None for a run that stayed finite: compare it as +inf."""
-    return math.inf if v is None else v
