@@ -1,4 +1,4 @@
-"""Data: validation, mini-batches, feature scaling, splits and small data sets.
+"""Data utilities: validation, mini-batches, feature scaling and splits.
 
 Everything here works on host NumPy arrays; the model moves batches to its
 backend.  Bad data raises :class:`~bpnet.errors.DataError` with a one-line
@@ -9,9 +9,8 @@ explanation instead of surfacing later as a NaN loss or a bare NumPy traceback.
 * :class:`Standardizer`, :class:`MinMaxScaler`, :class:`RobustScaler` --
   scikit-learn-style ``fit`` / ``transform``, saved as arrays + JSON (no pickle).
 * :func:`train_test_split`, :func:`one_hot`.
-* Real data sets (through scikit-learn): :func:`load_digits`, :func:`load_iris`,
-  :func:`load_wine`, :func:`load_breast_cancer`.
-* Synthetic data sets: :func:`make_spirals`, :func:`make_moons`, :func:`xor`.
+* The small data sets of :mod:`bpnet.datasets` (``load_digits``, ``make_spirals``, ...),
+  re-exported here so ``from bpnet.data import load_digits`` keeps working.
 """
 from __future__ import annotations
 
@@ -19,17 +18,13 @@ import math
 
 import numpy as np
 
-from .errors import BpnetError, ConfigError, DataError, LabelError, NotBuiltError, ShapeError
+from .errors import ConfigError, DataError, LabelError, MissingDependencyError, NotBuiltError, ShapeError
 
 __all__ = [
     "validate_xy", "DataLoader", "Standardizer", "MinMaxScaler", "RobustScaler",
     "train_test_split", "one_hot", "load_digits", "load_iris", "load_wine",
     "load_breast_cancer", "make_spirals", "make_moons", "xor", "MissingDependencyError",
 ]
-
-
-class MissingDependencyError(BpnetError, ImportError):
-    """An optional package that a bpnet function needs is not installed."""
 
 
 # --------------------------------------------------------------------------- validation
@@ -425,120 +420,5 @@ def one_hot(y, num_classes: int | None = None, dtype=np.float32) -> np.ndarray:
     return out
 
 
-# --------------------------------------------------------------------------- real data sets
-def _sklearn_datasets():
-    try:
-        from sklearn import datasets
-    except ImportError as exc:
-        raise MissingDependencyError("this data set ships with scikit-learn, which is not "
-                                     "installed; run: pip install scikit-learn") from exc
-    return datasets
-
-
-def _load(name: str):
-    X, y = getattr(_sklearn_datasets(), name)(return_X_y=True)
-    return np.ascontiguousarray(X, dtype=np.float32), np.asarray(y, dtype=np.int64)
-
-
-def load_digits():
-    """8x8 handwritten digits: X (1797, 64) float32, y (1797,) int64 in 0..9.
-
-    Pixel values are left raw (integers 0..16); scale them yourself, e.g.
-    ``X / 16`` or a :class:`Standardizer` fit on the training split.
-    """
-    return _load("load_digits")
-
-
-def load_iris():
-    """Fisher's iris: X (150, 4) float32 (cm), y (150,) int64 in 0..2. Unscaled."""
-    return _load("load_iris")
-
-
-def load_wine():
-    """Wine recognition: X (178, 13) float32, y (178,) int64 in 0..2.
-
-    Features span very different ranges (proline ~1000, hue ~1): standardize
-    before training, or watch plain SGD crawl.
-    """
-    return _load("load_wine")
-
-
-def load_breast_cancer():
-    """Wisconsin breast cancer: X (569, 30) float32, y (569,) int64 in {0, 1}. Unscaled."""
-    return _load("load_breast_cancer")
-
-
-# --------------------------------------------------------------------------- synthetic data
-def _check_synth(n_samples: int, noise: float, min_samples: int = 1) -> None:
-    if int(n_samples) < min_samples:
-        raise ConfigError(f"n_samples must be at least {min_samples}, got {n_samples}")
-    if noise < 0:
-        raise ConfigError(f"noise must be >= 0, got {noise}")
-
-
-def _shuffled(rng, X, y):
-    perm = rng.permutation(len(X))
-    return X[perm].astype(np.float32), y[perm].astype(np.int64)
-
-
-def make_spirals(n_samples: int = 300, n_classes: int = 3, noise: float = 0.2, seed: int = 0):
-    """The CS231n spiral: ``n_classes`` arms in 2-D, not linearly separable.
-
-    Arm ``j`` has radius ``r = linspace(0, 1)`` and angle
-    ``t = linspace(4j, 4(j+1)) + noise * N(0, 1)``; a point is
-    ``(r sin t, r cos t)``.  Classes differ in size by at most one; rows are
-    shuffled.  Returns X (n, 2) float32, y (n,) int64.
-    """
-    if int(n_classes) < 1:
-        raise ConfigError(f"n_classes must be at least 1, got {n_classes}")
-    _check_synth(n_samples, noise, min_samples=n_classes)
-    rng = np.random.default_rng(seed)
-    sizes = [n_samples // n_classes + (j < n_samples % n_classes) for j in range(n_classes)]
-    Xs, ys = [], []
-    for j, m in enumerate(sizes):
-        r = np.linspace(0.0, 1.0, m)
-        t = np.linspace(4.0 * j, 4.0 * (j + 1), m) + noise * rng.standard_normal(m)
-        Xs.append(np.column_stack([r * np.sin(t), r * np.cos(t)]))
-        ys.append(np.full(m, j))
-    return _shuffled(rng, np.concatenate(Xs), np.concatenate(ys))
-
-
-def make_moons(n_samples: int = 200, noise: float = 0.1, seed: int = 0):
-    """Two interleaving half circles (the scikit-learn shape, own code).
-
-    Class 0: ``(cos t, sin t)``; class 1: ``(1 - cos t, 0.5 - sin t)`` for
-    ``t`` evenly spaced in ``[0, pi]``; Gaussian noise of std ``noise`` on both
-    coordinates.  Class 0 gets ``n_samples // 2`` points.  Rows are shuffled.
-    """
-    _check_synth(n_samples, noise, min_samples=2)
-    rng = np.random.default_rng(seed)
-    n_out = n_samples // 2
-    n_in = n_samples - n_out
-    t_out, t_in = np.linspace(0.0, np.pi, n_out), np.linspace(0.0, np.pi, n_in)
-    X = np.concatenate([np.column_stack([np.cos(t_out), np.sin(t_out)]),
-                        np.column_stack([1.0 - np.cos(t_in), 0.5 - np.sin(t_in)])])
-    y = np.concatenate([np.zeros(n_out), np.ones(n_in)])
-    X = X + noise * rng.standard_normal(X.shape)
-    return _shuffled(rng, X, y)
-
-
-_XOR_X = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], dtype=np.float64)
-_XOR_Y = np.array([0, 1, 1, 0])
-
-
-def xor(n_samples: int | None = None, noise: float = 0.0, seed: int = 0):
-    """The XOR problem, the classic case a network without a hidden layer cannot fit.
-
-    With ``n_samples=None``: the four corners ``[[0,0],[0,1],[1,0],[1,1]]`` in
-    that order with ``y = [0, 1, 1, 0]`` (plus Gaussian noise if ``noise > 0``).
-    Otherwise ``n_samples`` points spread evenly over the corners, each jittered
-    by Gaussian noise of std ``noise``, rows shuffled.
-    """
-    rng = np.random.default_rng(seed)
-    if n_samples is None:
-        X = _XOR_X + noise * rng.standard_normal(_XOR_X.shape) if noise > 0 else _XOR_X
-        return X.astype(np.float32), _XOR_Y.astype(np.int64)
-    _check_synth(n_samples, noise)
-    corner = np.arange(n_samples) % 4
-    X = _XOR_X[corner] + noise * rng.standard_normal((n_samples, 2))
-    return _shuffled(rng, X, _XOR_Y[corner])
+from .datasets import (load_breast_cancer, load_digits, load_iris, load_wine, make_moons,  # noqa: E402
+                       make_spirals, xor)

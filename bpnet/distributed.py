@@ -54,7 +54,7 @@ import traceback
 import numpy as np
 
 from .callbacks import CallbackList, ProgressBar
-from .data import MissingDependencyError
+from .errors import MissingDependencyError
 from .errors import ConfigError, DataError
 from .history import History
 from .model import _split_validation

@@ -48,3 +48,7 @@ class MemoryBudgetError(BpnetError, MemoryError):
 
 class CheckpointError(BpnetError, OSError):
     """A checkpoint could not be written or read."""
+
+
+class MissingDependencyError(BpnetError, ImportError):
+    """An optional package that a bpnet function needs is not installed."""

@@ -13,6 +13,7 @@ from .data import DataLoader, validate_xy
 from .errors import ConfigError, DataError, NotBuiltError, ShapeError
 from .history import History
 from .layers.base import BuildContext, Layer, layer_from_config, layer_to_config
+from .layers.fused import fuse_dense_activation
 from .losses import get_loss
 from .optim import get_optimizer
 
@@ -88,7 +89,7 @@ class Sequential(Layer):
             shape = layer.build(shape, ctx)
         self.output_shape = tuple(shape)
         self.built = True
-        self._steps = _fuse_dense_activation(self.layers)
+        self._steps = fuse_dense_activation(self.layers)
         if root:
             self._pack_parameters()
         return self.output_shape
@@ -467,43 +468,3 @@ def _split_validation(X, y, validation_split, validation_data):
         raise ConfigError(f"validation_split={validation_split} must be in (0, 1)")
     n_val = max(1, int(round(len(X) * validation_split)))
     return X[:-n_val], y[:-n_val], (X[-n_val:], y[-n_val:])
-
-
-class _DenseActivation:
-    """A Dense layer and the activation after it, run as one step.
-
-    Forward computes z = x W, then z ← f(z + b) in one fused pass
-    (``backend.bias_act_forward``) instead of a bias pass and an activation
-    pass; both layers keep what their own ``backward`` needs, so backward is
-    simply the activation's backward followed by the Dense layer's.
-    """
-
-    def __init__(self, dense, activation):
-        self.dense, self.activation = dense, activation
-
-    def forward(self, x, training):
-        dense, act = self.dense, self.activation
-        dense._check_features(x, dense.in_features)
-        dense.x = x
-        z = dense.backend.xp.matmul(x, dense.params["W"])
-        act.y = dense.backend.bias_act_forward(act.kind, z, dense.params["b"], act.alpha)
-        return act.y
-
-    def backward(self, dy):
-        return self.dense.backward(self.activation.backward(dy))
-
-
-def _fuse_dense_activation(layers):
-    """The execution plan: each exact Dense followed by a pointwise Activation becomes one step."""
-    from .layers import Activation, Dense
-    steps, i = [], 0
-    while i < len(layers):
-        nxt = layers[i + 1] if i + 1 < len(layers) else None
-        if type(layers[i]) is Dense and isinstance(nxt, Activation) and \
-                type(nxt).forward is Activation.forward and type(nxt).backward is Activation.backward:
-            steps.append(_DenseActivation(layers[i], nxt))
-            i += 2
-        else:
-            steps.append(layers[i])
-            i += 1
-    return steps

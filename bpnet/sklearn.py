@@ -38,7 +38,7 @@ import numbers
 
 import numpy as np
 
-from .data import MissingDependencyError
+from .errors import MissingDependencyError
 
 try:
     from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin

@@ -171,7 +171,7 @@ def test_shards_cover_a_batch_once_and_differ_by_at_most_one(m, size):
 
 
 def test_missing_mpi4py_gives_an_install_hint(monkeypatch):
-    from bpnet.data import MissingDependencyError
+    from bpnet.errors import MissingDependencyError
     from bpnet.distributed import DistributedTrainer, mpi_available
     monkeypatch.setitem(sys.modules, "mpi4py", None)     # makes `import mpi4py` raise ImportError
     assert not mpi_available()

@@ -1,0 +1,18 @@
+"""Callbacks: small stateful objects the training loop tells about every epoch and step.
+
+base           the protocol (``Callback``), ``CallbackList``, the progress bar
+stopping       EarlyStopping, ReduceLROnPlateau, TerminateOnNaN
+checkpointing  ModelCheckpoint
+recovery       GradientClipping, NaNGuard, Reinitialize
+schedule       LearningRateScheduler (and the base of the Schedule classes)
+"""
+from ..state import TrainingState
+from .base import Callback, CallbackList, ProgressBar
+from .checkpointing import ModelCheckpoint
+from .recovery import GradientClipping, NaNGuard, Reinitialize, flat_slice
+from .schedule import LearningRateScheduler, ScheduleCallback
+from .stopping import EarlyStopping, ReduceLROnPlateau, TerminateOnNaN
+
+__all__ = ["Callback", "CallbackList", "ProgressBar", "EarlyStopping", "ReduceLROnPlateau", "TerminateOnNaN",
+           "ModelCheckpoint", "GradientClipping", "NaNGuard", "Reinitialize", "flat_slice",
+           "LearningRateScheduler", "ScheduleCallback", "TrainingState"]

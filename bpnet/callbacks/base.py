@@ -1,0 +1,125 @@
+"""The callback protocol, the progress bar, and the helpers of callbacks that watch one logged number.
+
+A callback is told about the run at fixed points; it can read and change the
+model (``self.model``), e.g. set ``model.optimizer.lr`` or
+``model.stop_training = True``.  ``logs`` is a dict of the current numbers
+(``loss``, ``accuracy``, ``val_loss``, ... ; ``on_batch_end`` gets the batch loss)."""
+from __future__ import annotations
+
+import math
+
+from ..errors import ConfigError
+
+
+class Callback:
+    model = None
+
+    def set_model(self, model):
+        self.model = model
+
+    def on_train_begin(self, logs=None): pass
+    def on_train_end(self, logs=None): pass
+    def on_epoch_begin(self, epoch, logs=None): pass
+    def on_epoch_end(self, epoch, logs=None): pass
+    def on_batch_begin(self, batch, logs=None): pass
+    def on_batch_end(self, batch, logs=None): pass
+    def on_backward_end(self, batch, logs=None):
+        """After gradients are computed, before the optimizer step (clipping goes here)."""
+
+
+class CallbackList(Callback):
+    """Fans every event out to a list of callbacks, in order."""
+
+    def __init__(self, callbacks=()):
+        self.callbacks = [c for c in callbacks if c is not None]
+
+    def set_model(self, model):
+        for c in self.callbacks:
+            c.set_model(model)
+
+    def _call(self, event, *args):
+        for c in self.callbacks:
+            getattr(c, event)(*args)
+
+    def on_train_begin(self, logs=None): self._call("on_train_begin", logs)
+    def on_train_end(self, logs=None): self._call("on_train_end", logs)
+    def on_epoch_begin(self, epoch, logs=None): self._call("on_epoch_begin", epoch, logs)
+    def on_epoch_end(self, epoch, logs=None): self._call("on_epoch_end", epoch, logs)
+    def on_batch_begin(self, batch, logs=None): self._call("on_batch_begin", batch, logs)
+    def on_batch_end(self, batch, logs=None): self._call("on_batch_end", batch, logs)
+    def on_backward_end(self, batch, logs=None): self._call("on_backward_end", batch, logs)
+
+
+class ProgressBar(Callback):
+    """A tqdm bar per epoch showing the running loss (``verbose=1`` in ``fit``)."""
+
+    def __init__(self, epochs: int, steps_per_epoch: int):
+        self.epochs, self.steps = epochs, steps_per_epoch
+        self.bar = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        from tqdm.auto import tqdm
+        self.bar = tqdm(total=self.steps, desc=f"epoch {epoch + 1}/{self.epochs}", unit="batch",
+                        leave=True, dynamic_ncols=True)
+
+    def on_batch_end(self, batch, logs=None):
+        self.bar.update(1)
+        if batch % 10 == 0 and logs:
+            self.bar.set_postfix(loss=f"{logs['loss']:.4f}", refresh=False)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.bar is not None:
+            self.bar.set_postfix({k: f"{v:.4f}" for k, v in (logs or {}).items() if k != "time"},
+                                 refresh=False)
+            self.bar.close()
+
+
+# --------------------------------------------------------------------------- training control
+
+
+def _finite(value) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def _resolve_mode(mode: str, monitor: str) -> str:
+    if mode not in ("auto", "min", "max"):
+        raise ConfigError(f"mode={mode!r}: use 'auto', 'min' or 'max'")
+    if mode == "auto":
+        return "max" if ("acc" in monitor or monitor.endswith("auc")) else "min"
+    return mode
+
+
+class _Monitored(Callback):
+    """Shared logic of callbacks that watch one number of the epoch logs."""
+
+    def __init__(self, monitor: str, mode: str, min_delta: float):
+        self.monitor = monitor
+        self.mode = _resolve_mode(mode, monitor)
+        self.min_delta = abs(float(min_delta))
+        self.best = None
+        self.label = None       # the owner's name in error messages, when used as a helper
+
+    def _reset_best(self):
+        self.best = math.inf if self.mode == "min" else -math.inf
+
+    def _current(self, logs):
+        logs = logs or {}
+        if self.monitor not in logs:
+            hint = " (pass validation_data or validation_split to fit)" if self.monitor.startswith("val_") else ""
+            raise ConfigError(f"{self.label or type(self).__name__} monitors {self.monitor!r} but the epoch logs only "
+                              f"have {sorted(logs)}{hint}")
+        return float(logs[self.monitor])
+
+    def _improved(self, current) -> bool:
+        if not _finite(current):
+            return False
+        if self.mode == "min":
+            return current < self.best - self.min_delta
+        return current > self.best + self.min_delta
+
+
+def _set_lr(model, lr: float):
+    model.optimizer.lr = float(lr)

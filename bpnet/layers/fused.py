@@ -1,0 +1,44 @@
+"""The execution plan's fused steps: a Dense layer and the activation after it, run as one step."""
+from __future__ import annotations
+
+from .activations import Activation
+from .dense import Dense
+
+
+class DenseActivation:
+    """A Dense layer and the activation after it, run as one step.
+
+    Forward computes z = x W, then z ← f(z + b) in one fused pass
+    (``backend.bias_act_forward``) instead of a bias pass and an activation
+    pass; both layers keep what their own ``backward`` needs, so backward is
+    simply the activation's backward followed by the Dense layer's.
+    """
+
+    def __init__(self, dense, activation):
+        self.dense, self.activation = dense, activation
+
+    def forward(self, x, training):
+        dense, act = self.dense, self.activation
+        dense._check_features(x, dense.in_features)
+        dense.x = x
+        z = dense.backend.xp.matmul(x, dense.params["W"])
+        act.y = dense.backend.bias_act_forward(act.kind, z, dense.params["b"], act.alpha)
+        return act.y
+
+    def backward(self, dy):
+        return self.dense.backward(self.activation.backward(dy))
+
+
+def fuse_dense_activation(layers):
+    """The execution plan: each exact Dense followed by a pointwise Activation becomes one step."""
+    steps, i = [], 0
+    while i < len(layers):
+        nxt = layers[i + 1] if i + 1 < len(layers) else None
+        if type(layers[i]) is Dense and isinstance(nxt, Activation) and \
+                type(nxt).forward is Activation.forward and type(nxt).backward is Activation.backward:
+            steps.append(DenseActivation(layers[i], nxt))
+            i += 2
+        else:
+            steps.append(layers[i])
+            i += 1
+    return steps
