@@ -7,6 +7,7 @@ names, the recall of the rare class, ...).  Seed 0 throughout.
 """
 import json
 import math
+import re
 from functools import lru_cache
 
 import numpy as np
@@ -299,7 +300,11 @@ def test_summary_table_and_result_dict():
     r = result("dying_relu")
     table = lab.summary_table([r])
     assert table.splitlines()[0] == "| scenario | failure reproduced | diagnosis correct | remedy worked | time (s) |"
-    assert "| dying_relu | yes (dead_frac_max = 0.969) | yes (DYING_RELU) | yes |" in table
+    # the dead fraction comes from training, so it differs between CPUs (0.969 on AVX-512, 1 on AVX2):
+    # check the row's shape and that the number shown is the result's value and clears the bar
+    row = re.search(r"\| dying_relu \| yes \(dead_frac_max = ([0-9.]+)\) \| yes \(DYING_RELU\) \| yes \|", table)
+    assert row is not None, table
+    assert float(row.group(1)) == pytest.approx(r.value, abs=5e-4) and r.value >= 0.9
     d = r.to_dict()
     assert d["reproduced"] and d["diagnosed"] and d["repaired"] and "DYING_RELU" in d["codes"]
     text = r.summary()
@@ -360,5 +365,9 @@ def test_cli_run_all_prints_the_summary_table(capsys, monkeypatch):
     lines = out.splitlines()
     assert lines[0].startswith("| scenario | failure reproduced")
     assert lines[2].startswith("| nan_in_data | yes (first_nonfinite_step = 2) | yes (NONFINITE_DATA) | yes |")
-    assert lines[3].startswith("| double_softmax | yes (train_loss = 1.65) | yes (DOUBLE_SOFTMAX) | yes |")
+    # a trained loss is not the same number on every CPU: read it back and check it is the stalled
+    # loss of a doubled softmax: at or above its floor log(9 + e) - 1 = 1.46, at most log(10) = 2.30
+    row = re.match(r"\| double_softmax \| yes \(train_loss = ([0-9.]+)\) \| yes \(DOUBLE_SOFTMAX\) \| yes \|", lines[3])
+    assert row is not None, lines[3]
+    assert math.log(9 + math.e) - 1.0 - 0.005 <= float(row.group(1)) <= math.log(10) + 0.005
     assert "2/2 scenarios passed all three checks (seed 0" in out
