@@ -1,31 +1,38 @@
-"""Small data sets for learning and testing: real ones (through scikit-learn) and synthetic ones.
+"""Small data sets for learning and testing: real ones (shipped with bpnet) and synthetic ones.
 
 * Real: :func:`load_digits`, :func:`load_iris`, :func:`load_wine`, :func:`load_breast_cancer`.
 * Synthetic: :func:`make_spirals`, :func:`make_moons`, :func:`xor`.
 
 Each returns ``(X, y)`` as host NumPy arrays: X float32 (real) or float64 (synthetic), y int64.
+
+The four real sets are scikit-learn's copies of UCI data sets (CC BY 4.0),
+stored once as compressed ``.npz`` files in ``bpnet/_datasets`` (about
+110 KB together; origin, licences and the script that wrote them in its
+README).  Shipping them keeps scikit-learn an optional dependency (it brings
+joblib and threadpoolctl and is ten times the size of bpnet) while a plain
+``pip install bpnet-framework`` still runs ``bpnet train --dataset iris``.
 """
 from __future__ import annotations
 
+from importlib import resources
+
 import numpy as np
 
-from .errors import ConfigError, MissingDependencyError
+from .errors import ConfigError, DataError
 
 __all__ = ["load_digits", "load_iris", "load_wine", "load_breast_cancer", "make_spirals", "make_moons", "xor"]
 
 
 # --------------------------------------------------------------------------- real data sets
-def _sklearn_datasets():
-    try:
-        from sklearn import datasets
-    except ImportError as exc:
-        raise MissingDependencyError("this data set ships with scikit-learn, which is not "
-                                     "installed; run: pip install scikit-learn") from exc
-    return datasets
-
-
 def _load(name: str):
-    X, y = getattr(_sklearn_datasets(), name)(return_X_y=True)
+    """``(X float32, y int64)`` from ``bpnet/_datasets/NAME.npz``."""
+    source = resources.files("bpnet").joinpath("_datasets", f"{name}.npz")
+    try:
+        with source.open("rb") as fh, np.load(fh, allow_pickle=False) as data:
+            X, y = data["X"], data["y"]
+    except (OSError, KeyError, ValueError) as exc:
+        raise DataError(f"the bundled data set {name!r} cannot be read from {source} ({exc}); "
+                        "reinstall bpnet-framework (pip install --force-reinstall bpnet-framework)") from exc
     return np.ascontiguousarray(X, dtype=np.float32), np.asarray(y, dtype=np.int64)
 
 
@@ -35,12 +42,12 @@ def load_digits():
     Pixel values are left raw (integers 0..16); scale them yourself, e.g.
     ``X / 16`` or a :class:`Standardizer` fit on the training split.
     """
-    return _load("load_digits")
+    return _load("digits")
 
 
 def load_iris():
     """Fisher's iris: X (150, 4) float32 (cm), y (150,) int64 in 0..2. Unscaled."""
-    return _load("load_iris")
+    return _load("iris")
 
 
 def load_wine():
@@ -49,12 +56,12 @@ def load_wine():
     Features span very different ranges (proline ~1000, hue ~1): standardize
     before training, or watch plain SGD crawl.
     """
-    return _load("load_wine")
+    return _load("wine")
 
 
 def load_breast_cancer():
     """Wisconsin breast cancer: X (569, 30) float32, y (569,) int64 in {0, 1}. Unscaled."""
-    return _load("load_breast_cancer")
+    return _load("breast_cancer")
 
 
 # --------------------------------------------------------------------------- synthetic data
