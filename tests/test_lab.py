@@ -308,7 +308,7 @@ def test_summary_table_and_result_dict():
     d = r.to_dict()
     assert d["reproduced"] and d["diagnosed"] and d["repaired"] and "DYING_RELU" in d["codes"]
     text = r.summary()
-    assert "(a) failure reproduced: yes" in text and "(c) remedy worked:     yes" in text
+    assert "(a) failure reproduced: yes" in text and "(c) remedy worked:      yes" in text
 
 
 def test_plot_result_writes_a_png(tmp_path):

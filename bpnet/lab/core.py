@@ -100,7 +100,7 @@ class LabResult:
             if f.remedy:
                 lines.append(f"      remedy: {f.remedy}")
         bars = ", ".join(f"{b} (got {_fmt(self.remedy_values.get(b.split()[0]))})" for b in self.remedy_bars)
-        lines.append(f"  (c) remedy worked:     {mark(self.repaired_ok)} -- {bars}")
+        lines.append(f"  (c) remedy worked:      {mark(self.repaired_ok)} -- {bars}")
         for name, values in self.variants.items():
             lines.append(f"      variant {name}: " + ", ".join(f"{k} = {_fmt(v)}" for k, v in values.items()))
         for note in self.broken.notes + self.repaired.notes:
