@@ -64,11 +64,6 @@ class Loss:
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.get_config().items())})"
 
 
-def _to_host(backend, target):
-    """Targets as a host NumPy array (lists and NumPy arrays as they are, device arrays copied)."""
-    return np.asarray(target) if isinstance(target, (np.ndarray, list, tuple)) else backend.to_numpy(target)
-
-
 def _as_2d_like(output, target, loss_name):
     """Regression targets of shape (N,) are accepted for outputs of shape (N, 1)."""
     if target.shape == output.shape:
@@ -150,7 +145,7 @@ class _Categorical(Loss):
         if output.ndim != 2:
             raise ShapeError(f"{type(self).__name__}: expects logits of shape (N, C), got {tuple(output.shape)}")
         if not self.trusted:
-            self.check_target(_to_host(self._bk(), target), output.shape[1])
+            self.check_target(self._bk().to_host(target), output.shape[1])
         target = self._bk().asarray(target)
         if target.shape[0] != output.shape[0]:
             raise ShapeError(f"{type(self).__name__}: {output.shape[0]} outputs but {target.shape[0]} targets")
@@ -317,7 +312,7 @@ class BCEWithLogits(Loss):
     def forward(self, output, target):
         bk, xp = self._bk(), self._bk().xp
         if not self.trusted:
-            self.check_target(_to_host(bk, target), output.shape[-1])
+            self.check_target(bk.to_host(target), output.shape[-1])
         t = _as_2d_like(output, bk.asarray(target, dtype=output.dtype), "BCEWithLogits")
         pw = 1.0 if self.pos_weight is None else self.pos_weight
         softplus_pos = xp.maximum(output, 0) + xp.log1p(xp.exp(-xp.abs(output)))   # softplus(z)

@@ -1,6 +1,7 @@
 """Array backends: where bpnet's arrays live and which kernels compute on them.
 
-Three backends implement one interface (:class:`NumpyBackend` is the reference):
+Three backends implement one interface, :class:`~bpnet.backends.base.Backend`
+(device questions and shared pieces); :class:`NumpyBackend` is the reference:
 
 * ``"numpy"`` -- plain NumPy expressions, the code the docstrings derive;
 * ``"numba"`` -- the same maths through fused Numba kernels (``bpnet.kernels``);
@@ -14,9 +15,10 @@ from __future__ import annotations
 import os
 
 from ..errors import BackendError
+from .base import Backend
 from .numpy_backend import NumpyBackend
 
-__all__ = ["NumpyBackend", "get_backend", "default_backend_name", "available_backends"]
+__all__ = ["Backend", "NumpyBackend", "get_backend", "default_backend_name", "available_backends"]
 
 _INSTANCES: dict = {}
 

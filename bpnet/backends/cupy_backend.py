@@ -27,7 +27,7 @@ import importlib.resources
 
 import numpy as np
 
-from ..errors import BackendError, LabelError, ShapeError
+from ..errors import BackendError
 from .numpy_backend import ACTIVATIONS, NumpyBackend
 
 #: activation name -> the integer code the CUDA kernels switch on
@@ -107,6 +107,15 @@ class CupyBackend(NumpyBackend):
     def to_numpy(self, x):
         return self.xp.asnumpy(x)
 
+    def to_host(self, a, out=None):
+        """``a`` as a host NumPy array; with ``out``, copied straight into it."""
+        if out is None or not isinstance(a, self.xp.ndarray):
+            return super().to_host(a, out)
+        return self.xp.asnumpy(a, out=out)
+
+    def address(self, a):
+        return int(a.data.ptr) if isinstance(a, self.xp.ndarray) else super().address(a)
+
     def synchronize(self):
         self.xp.cuda.get_current_stream().synchronize()
 
@@ -145,18 +154,15 @@ class CupyBackend(NumpyBackend):
         return self.xp.ascontiguousarray(self.xp.asarray(x, dtype=dtype))
 
     # -- randomness -------------------------------------------------------------
-    def dropout_mask(self, rng, shape, keep_prob, dtype):
-        """Inverted-dropout mask drawn on the GPU from a seed taken from ``rng``.
+    def uniform(self, rng, shape):
+        """float32 draws from [0, 1) made on the GPU, from a seed taken from ``rng``.
 
         The seed comes from the host generator, so one seed still fixes the
-        whole run; the mask itself differs from NumpyBackend's.
+        whole run; the draws themselves (and so dropout masks) differ from
+        NumpyBackend's.
         """
         seed = int(rng.integers(2**63))
-        device_rng = self.xp.random.default_rng(seed)
-        keep = device_rng.random(shape, dtype=np.float32) < keep_prob
-        mask = keep.astype(dtype)
-        mask *= mask.dtype.type(1.0 / keep_prob)
-        return mask
+        return self.xp.random.default_rng(seed).random(shape, dtype=np.float32)
 
     # -- pointwise activations --------------------------------------------------
     def act_forward(self, kind, z, alpha=0.0, out=None):
@@ -244,39 +250,26 @@ class CupyBackend(NumpyBackend):
         """
         xp = self.xp
         dt = getattr(z, "dtype", None)
-        if getattr(z, "ndim", None) != 2:
-            raise ShapeError("softmax_cross_entropy_labels: logits must be (N, C), "
-                             f"got shape {getattr(z, 'shape', None)}")
-        n, c = z.shape
         y = xp.asarray(y)
-        if y.shape != (n,) or y.dtype.kind not in "iu":
-            raise LabelError(
-                f"softmax_cross_entropy_labels: labels must be integers of shape ({n},), "
-                f"got dtype {y.dtype} and shape {y.shape}; pass class indices 0..{c - 1}")
+        self.check_labels(z, y)
+        n, c = z.shape
         w = None
         ok = dt in _SUFFIX and isinstance(z, xp.ndarray) and z.size > 0
         if ok and class_weights is not None:
             w = self._class_weights(class_weights, c, dt)
             ok = w is not None
-        if ok:
-            y = self._dev(y, np.int64)
-            smoothing = float(smoothing)
-            z = self._dev(z, dt)
-            dz = xp.empty_like(z)
-            row_loss = xp.empty(n, dtype=dt)
-            row_weight = xp.empty(n, dtype=dt)
-            self._launch("softmax_xent_labels", dt, n,
-                         (z, y, w, dz, row_loss, row_weight, np.int64(n), np.int64(c),
-                          dt.type(1.0 - smoothing), dt.type(smoothing / c)),
-                         per_block=ROWS_PER_BLOCK)
-        outside = (y < 0) | (y >= c)
-        if bool(outside.any()):
-            i = int(xp.flatnonzero(outside)[0])
-            raise LabelError(
-                f"softmax cross-entropy: label {int(y[i])} at row {i} is outside 0..{c - 1} "
-                f"for {c} classes; check the labels or the size of the output layer")
         if not ok:
             return super().softmax_cross_entropy_labels(z, y, class_weights, smoothing)
+        y = self._dev(y, np.int64)
+        smoothing = float(smoothing)
+        z = self._dev(z, dt)
+        dz = xp.empty_like(z)
+        row_loss = xp.empty(n, dtype=dt)
+        row_weight = xp.empty(n, dtype=dt)
+        self._launch("softmax_xent_labels", dt, n,
+                     (z, y, w, dz, row_loss, row_weight, np.int64(n), np.int64(c),
+                      dt.type(1.0 - smoothing), dt.type(smoothing / c)),
+                     per_block=ROWS_PER_BLOCK)
         return self._finish_xent(dz, row_loss, row_weight)
 
     # -- reductions ---------------------------------------------------------------
@@ -328,13 +321,12 @@ class CupyBackend(NumpyBackend):
             return super().adam_step(p, g, m, v, lr, beta1, beta2, eps, weight_decay,
                                      t, decoupled)
         T = p.dtype.type
-        bias1 = 1 - beta1 ** t
-        bias2 = 1 - beta2 ** t
+        c = self.adam_coefficients(lr, beta1, beta2, weight_decay, t)
         decay_mode = 0 if not weight_decay else (2 if decoupled else 1)
         self._launch("adam_step", p.dtype, p.size,
-                     (p, g, m, v, np.int64(p.size), T(lr / bias1), T(beta1), T(1 - beta1),
-                      T(beta2), T(1 - beta2), T(1 / bias2 ** 0.5), T(eps), T(weight_decay),
-                      T(1 - lr * weight_decay), np.int32(decay_mode)))
+                     (p, g, m, v, np.int64(p.size), T(c.step), T(beta1), T(1 - beta1),
+                      T(beta2), T(1 - beta2), T(c.inv_sqrt_bias2), T(eps), T(weight_decay),
+                      T(c.decay_factor), np.int32(decay_mode)))
 
     def rmsprop_step(self, p, g, sq, velocity, lr, alpha, eps, momentum, weight_decay):
         use_momentum = bool(momentum)

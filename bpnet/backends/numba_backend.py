@@ -18,7 +18,7 @@ import numpy as np
 
 from bpnet.kernels import numba_kernels as K
 
-from .numpy_backend import NumpyBackend, check_labels
+from .numpy_backend import NumpyBackend
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 # Exponent bits of each float width: a value is NaN/Inf iff all are set.
@@ -182,7 +182,7 @@ class NumbaBackend(NumpyBackend):
         dz = np.exp(s)
         loss, bad = K.xent_finish_labels(s, dz, np.ascontiguousarray(y), w, float(smoothing))
         if bad >= 0:
-            check_labels(np, z, y)
+            self.check_labels(z, y)
         return float(loss), dz
 
     @staticmethod
@@ -229,11 +229,11 @@ class NumbaBackend(NumpyBackend):
         if not self._fused(p, g, m, v):
             return super().adam_step(p, g, m, v, lr, beta1, beta2, eps, weight_decay,
                                      t, decoupled)
-        # The scalar coefficients, computed in Python floats as the reference does.
+        c = self.adam_coefficients(lr, beta1, beta2, weight_decay, t)
         K.adam_step(_flat(p), _flat(g), _flat(m), _flat(v),
                     float(beta1), float(1 - beta1), float(beta2), float(1 - beta2),
-                    float(lr / (1 - beta1 ** t)), float(1 / (1 - beta2 ** t) ** 0.5), float(eps),
-                    float(weight_decay), float(1 - lr * weight_decay), bool(decoupled))
+                    float(c.step), float(c.inv_sqrt_bias2), float(eps),
+                    float(weight_decay), float(c.decay_factor), bool(decoupled))
 
     def rmsprop_step(self, p, g, sq, velocity, lr, alpha, eps, momentum, weight_decay):
         state = (velocity,) if momentum else ()

@@ -8,44 +8,16 @@ there when it is given, so the hot loop can reuse buffers.
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
-from ..errors import LabelError, ShapeError
+from .base import Backend
 
 ACTIVATIONS = ("identity", "relu", "leaky_relu", "elu", "sigmoid", "tanh")
 
 
-class NumpyBackend:
+class NumpyBackend(Backend):
     name = "numpy"
     xp = np
-
-    # -- arrays and devices -------------------------------------------------
-    def asarray(self, x, dtype=None):
-        """Move ``x`` (any array-like) onto this backend's device."""
-        return self.xp.asarray(x, dtype=dtype)
-
-    def to_numpy(self, x):
-        """Return ``x`` as a host NumPy array."""
-        return np.asarray(x)
-
-    def empty(self, shape, dtype):
-        return self.xp.empty(shape, dtype=dtype)
-
-    def zeros(self, shape, dtype):
-        return self.xp.zeros(shape, dtype=dtype)
-
-    def synchronize(self):
-        """Wait for queued device work (a no-op on the CPU)."""
-
-    # -- randomness -------------------------------------------------------------
-    def dropout_mask(self, rng, shape, keep_prob, dtype):
-        """Inverted-dropout mask: 1/keep_prob with probability keep_prob, else 0."""
-        keep = rng.random(shape, dtype=np.float32) < keep_prob
-        mask = keep.astype(dtype)
-        mask *= mask.dtype.type(1.0 / keep_prob)
-        return self.asarray(mask)
 
     # -- dense layer ----------------------------------------------------------
     def linear_forward(self, x, W, b, out=None):
@@ -139,7 +111,7 @@ class NumpyBackend:
 
         Labels outside 0..C-1 raise LabelError (a negative label would
         otherwise index from the end and give a wrong loss without a word)."""
-        check_labels(self.xp, z, y)
+        self.check_labels(z, y)
         if class_weights is None and not smoothing:
             xp = self.xp
             logp = self.log_softmax(z)
@@ -151,34 +123,6 @@ class NumpyBackend:
             return loss, dz
         q = _labels_to_distribution(self.xp, y, z.shape[1], smoothing, z.dtype)
         return self.softmax_cross_entropy(z, q, class_weights)
-
-    # -- reductions used by clipping and diagnostics ------------------------------
-    def sum_squares(self, x):
-        """Σ x², accumulated in float64."""
-        return float(self.xp.dot(x.ravel().astype(np.float64, copy=False),
-                                 x.ravel().astype(np.float64, copy=False)))
-
-    def clip_norm_(self, x, max_norm):
-        """Scale x in place so that ||x||₂ ≤ max_norm; return the norm before clipping.
-
-        Like PyTorch, the factor is max_norm / (norm + 1e-6) and is applied only
-        when it is below 1.  A NaN/Inf norm leaves x untouched (a factor of 0
-        would turn every Inf into NaN and every finite gradient into 0)."""
-        norm = self.sum_squares(x) ** 0.5
-        factor = max_norm / (norm + 1e-6)
-        if math.isfinite(norm) and factor < 1.0:
-            self.scale_(x, factor)
-        return norm
-
-    def all_finite(self, x):
-        return bool(self.xp.isfinite(x).all())
-
-    def scale_(self, x, factor):
-        """x *= factor in place."""
-        x *= x.dtype.type(factor)
-
-    def clip_value_(self, x, limit):
-        self.xp.clip(x, -limit, limit, out=x)
 
     # -- optimizer updates over a flat parameter buffer ---------------------------
     def sgd_step(self, p, g, velocity, lr, momentum, nesterov, weight_decay):
@@ -202,8 +146,9 @@ class NumpyBackend:
         """
         xp = self.xp
         tmp = self.scratch(p.shape, p.dtype)
+        c = self.adam_coefficients(lr, beta1, beta2, weight_decay, t)
         if weight_decay and decoupled:
-            p *= 1 - lr * weight_decay
+            p *= c.decay_factor
         elif weight_decay:
             g = g + weight_decay * p
         m *= beta1
@@ -213,22 +158,12 @@ class NumpyBackend:
         xp.multiply(g, g, out=tmp)
         tmp *= 1 - beta2
         v += tmp
-        bias1 = 1 - beta1 ** t
-        bias2 = 1 - beta2 ** t
         xp.sqrt(v, out=tmp)
-        tmp *= 1 / bias2 ** 0.5                     # √v̂ = √v / √(1-β2ᵗ)
+        tmp *= c.inv_sqrt_bias2                     # √v̂ = √v / √(1-β2ᵗ)
         tmp += eps
         xp.divide(m, tmp, out=tmp)
-        tmp *= lr / bias1
+        tmp *= c.step                               # lr / (1-β1ᵗ)
         p -= tmp
-
-    def scratch(self, shape, dtype):
-        """A reusable work array (contents undefined), one per shape and dtype."""
-        cache = self.__dict__.setdefault("_scratch", {})
-        key = (tuple(shape), str(dtype))
-        if key not in cache:
-            cache[key] = self.empty(shape, dtype)
-        return cache[key]
 
     def rmsprop_step(self, p, g, sq, velocity, lr, alpha, eps, momentum, weight_decay):
         """sq = α sq + (1-α) g²;  step = g / (√sq + ε), with optional momentum."""
@@ -247,23 +182,6 @@ class NumpyBackend:
 def _assign(out, value):
     out[...] = value
     return out
-
-
-def check_labels(xp, z, y):
-    """Raise a bpnet error unless ``y`` holds one integer label in 0..C-1 per row of z (N, C)."""
-    if z.ndim != 2:
-        raise ShapeError(f"softmax_cross_entropy_labels: logits must be (N, C), got shape {z.shape}")
-    n, c = z.shape
-    if y.shape != (n,) or y.dtype.kind not in "iu":
-        raise LabelError(
-            f"softmax_cross_entropy_labels: labels must be integers of shape ({n},), "
-            f"got dtype {y.dtype} and shape {y.shape}; pass class indices 0..{c - 1}")
-    bad = xp.flatnonzero((y < 0) | (y >= c))
-    if bad.size:
-        i = int(bad[0])
-        raise LabelError(
-            f"softmax cross-entropy: label {int(y[i])} at row {i} is outside 0..{c - 1} "
-            f"for {c} classes; check the labels or the size of the output layer")
 
 
 def _labels_to_distribution(xp, y, num_classes, smoothing, dtype):

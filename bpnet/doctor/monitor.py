@@ -30,6 +30,10 @@ and ``<l>`` a layer path such as ``"1"`` (see ``model.parameters()``):
                            y > σ(5); tanh |y| > tanh(5)
 =========================  =======================================================
 
+Recurrent layers (:class:`~bpnet.RNN`) add ‖∂L/∂h_t‖ at the first, middle and
+last step and the spectral radius of U (``dh_norm/<l>/first`` ...; see
+:mod:`bpnet.doctor.through_time`).
+
 Cost: a handful of reductions over the parameters and activations, once per
 ``every`` steps; ``benchmarks/bench_monitor.py`` measures it.
 """
@@ -40,6 +44,7 @@ import math
 from ..callbacks import Callback
 from ..layers.activations import Activation
 from ._paths import leaf_layers, param_layer
+from .through_time import measure as through_time_stats
 
 SIGMOID_LO = 1.0 / (1.0 + math.exp(5.0))      # σ(-5) ≈ 0.00669
 SIGMOID_HI = 1.0 / (1.0 + math.exp(-5.0))     # σ(5)  ≈ 0.99331
@@ -98,19 +103,20 @@ class Monitor(Callback):
     def on_batch_end(self, batch, logs=None):
         record, self._pending = self._pending, None
         if record is not None:
-            xp = self.model.backend.xp
+            bk = self.model.backend
+            xp = bk.xp
             dot = step_sq = grad_sq = 0.0
             for name, owner, key in self.model.named_parameters():
                 diff = self._before[name]
                 xp.subtract(owner.params[key], diff, out=diff)       # p_new - p_old, in place
-                step_sq_p = _sum_squares(xp, diff)
+                step_sq_p = bk.sum_squares(diff)
                 step = math.sqrt(step_sq_p)
                 w = record[f"weight_norm/{name}"]
                 record[f"update_ratio/{name}"] = step / w if w > 0 else (0.0 if step == 0 else math.inf)
                 g = owner.grads[key]                  # as stored (scaled under a loss scaler): the
                 dot += _dot(xp, diff, g)              # cosine does not depend on the scale
                 step_sq += step_sq_p
-                grad_sq += _sum_squares(xp, g)
+                grad_sq += bk.sum_squares(g)
             den = math.sqrt(step_sq * grad_sq)
             record["update_grad_cos"] = dot / den if den > 0 and math.isfinite(den) else math.nan
         self.step += 1
@@ -131,8 +137,8 @@ class Monitor(Callback):
         unscale = _loss_scale(model) ** -2          # mixed precision: the float16 grads are scaled by S
         for name, owner, key in params:
             g, p = owner.grads[key], owner.params[key]
-            g_sq = _sum_squares(bk.xp, g) * unscale
-            gn, wn = math.sqrt(g_sq), math.sqrt(_sum_squares(bk.xp, p))
+            g_sq = bk.sum_squares(g) * unscale
+            gn, wn = math.sqrt(g_sq), math.sqrt(bk.sum_squares(p))
             rec[f"grad_norm/{name}"] = gn
             rec[f"weight_norm/{name}"] = wn
             mask = self._zero_mask[:g.size].reshape(g.shape)
@@ -152,6 +158,7 @@ class Monitor(Callback):
                 if y is None or not isinstance(layer, Activation) or y.size == 0:
                     continue
                 rec.update(activation_stats(layer.kind, y, path))
+        rec.update(through_time_stats(model))
         return rec
 
 
@@ -170,14 +177,6 @@ def _loss_scale(model) -> float:
     if scaler.good_steps == 0 and not getattr(model, "skip_step", False):
         scale /= scaler.growth_factor
     return scale
-
-
-def _sum_squares(xp, a) -> float:
-    """Σ a² as one BLAS dot product (float16 is widened first so it cannot overflow)."""
-    a = a.ravel()
-    if a.dtype.itemsize < 4:
-        a = a.astype(xp.float32)
-    return float(xp.vdot(a, a))
 
 
 def _dot(xp, a, b) -> float:
