@@ -17,7 +17,7 @@ from .errors import (BackendError, BpnetError, CheckpointError, ConfigError, Dat
 from .gradcheck import GradcheckReport, gradcheck
 from .history import History
 from .init import calculate_gain
-from .layers import (ELU, BatchNorm1d, Dense, Dropout, Flatten, Identity, Layer, LeakyReLU, ReLU, Residual,
+from .layers import (ELU, RNN, BatchNorm1d, Dense, Dropout, Flatten, Identity, Layer, LeakyReLU, ReLU, Residual,
                      Sigmoid, Softmax, Tanh)
 from .losses import MAE, MSE, BCEWithLogits, CrossEntropy, FocalLoss, Loss
 from .mixed_precision import LossScaler
@@ -31,7 +31,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Sequential", "Layer", "Dense", "Sigmoid", "Tanh", "ReLU", "LeakyReLU", "ELU", "Softmax", "Identity",
-    "Dropout", "BatchNorm1d", "Residual", "Flatten",
+    "Dropout", "BatchNorm1d", "Residual", "Flatten", "RNN",
     "Loss", "MSE", "MAE", "CrossEntropy", "BCEWithLogits", "FocalLoss",
     "Optimizer", "SGD", "Adam", "AdamW", "RMSProp", "clip_grad_norm", "clip_grad_value",
     "gradcheck", "GradcheckReport", "History", "Callback", "calculate_gain", "init", "data",

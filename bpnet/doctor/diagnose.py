@@ -19,6 +19,8 @@ STEP_SIZE               a weight matrix's update/weight ratio > 1e-1 or < 1e-6 (
                         or plain SGD stepping by more than 3x lr·‖g‖ (gradients summed over steps)
 GRADIENT_ASCENT         the updates point along +∇L (median cosine of update and gradient > 0)
 OVERFITTING             validation loss rising 3 epochs in a row while training loss falls
+VANISHING_THROUGH_TIME  a recurrent layer's ‖∂L/∂h_1‖ / ‖∂L/∂h_T‖ < 1e-5 (see through_time)
+EXPLODING_THROUGH_TIME  the same ratio > 1e2
 ======================  ==================================================================
 
 With ``model=`` it adds the static checks of :func:`~bpnet.doctor.check_model`.
@@ -35,6 +37,7 @@ from ._paths import describe
 from .findings import Finding
 from .model_checks import check_model
 from .thresholds import Thresholds
+from .through_time import diagnose as _through_time
 
 _LAYER_KEY = re.compile(r"^\d+(\.\d+)*$")
 _BLOCK = 5          # per-step losses are averaged in blocks of this many records
@@ -48,8 +51,8 @@ def diagnose(history, model=None, thresholds: Thresholds | None = None) -> list[
     t = thresholds or Thresholds()
     run = _Run(history, model, t)
     out: list[Finding] = []
-    for rule in (_nonfinite_loss, _gradients, _activations, _learning_rate, _step_size, _update_direction,
-                 _overfitting):
+    for rule in (_nonfinite_loss, _gradients, _through_time, _activations, _learning_rate, _step_size,
+                 _update_direction, _overfitting):
         out.extend(rule(run))
     if any(f.code == F.LR_TOO_LOW for f in out):     # the same cause, said more precisely
         out = [f for f in out if not (f.code == F.STEP_SIZE and f.where == "too small")]
