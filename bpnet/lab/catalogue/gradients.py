@@ -1,18 +1,17 @@
 """Failures of the gradient signal: vanishing, exploding, dead, symmetric, or simply wrong."""
 from __future__ import annotations
 
-from functools import lru_cache, partial
+from functools import partial
 
 import numpy as np
 
 from ... import init as initializers
-from ...callbacks import GradientClipping
 from ...layers import BatchNorm1d, Dense, LeakyReLU, ReLU, Residual, Sigmoid, Tanh
 from ...losses import CrossEntropy
 from ...model import Sequential
 from ...optim import SGD
 from ..core import Bar, Scenario, register
-from ..layers import TiedRecurrence, WrongSigmoid
+from ..layers import WrongSigmoid
 from ._common import BACKEND, consult_doctor, digits, fit_scenario
 
 _ACT = {"sigmoid": Sigmoid, "relu": ReLU, "tanh": Tanh, "leaky_relu": LeakyReLU}
@@ -121,52 +120,6 @@ register(Scenario(
     metric=Bar("grad_norm_first_layer", ">=", 1e3),
     remedy_bars=(Bar("val_accuracy", ">=", 0.9),),
     make_data=digits, trainer=lambda cfg, *a: _exploding({**cfg, "init": cfg["init"].split(" ")[0]}, *a)))
-
-
-# --------------------------------------------------------------------------- recurrence
-@lru_cache(maxsize=4)
-def _sequences(seed: int = 0, n: int = 1280, steps: int = 20, features: int = 4):
-    """Sequences x (n, 20, 4) ~ N(0, 1); label 1 when the first feature sums to more than 0."""
-    rng = np.random.default_rng(np.random.SeedSequence([seed, 202]))
-    X = rng.standard_normal((n, steps, features)).astype(np.float32)
-    y = (X[:, :, 0].sum(axis=1) > 0).astype(np.int64)
-    k = n * 4 // 5
-    return {"X": X[:k], "y": y[:k], "X_val": X[k:], "y_val": y[k:]}
-
-
-def _recurrent(cfg, data, seed, steps, label):
-    model = Sequential([TiedRecurrence(16, activation="linear", recurrent_init="orthogonal",
-                                       recurrent_gain=cfg["recurrent_gain"]), Dense(2)],
-                       seed=seed, backend=BACKEND)
-    clip = cfg.get("clip_norm")
-    run = fit_scenario(model, CrossEntropy(), SGD(lr=cfg["lr"]), data, steps=steps, batch_size=64,
-                       seed=seed, label=label, config=cfg,
-                       callbacks=[GradientClipping(clip)] if clip else [])
-    run.metrics["spectral_radius"] = model.layers[0].spectral_radius()
-    return consult_doctor(run)
-
-
-register(Scenario(
-    name="recurrent_explosion",
-    title="Exploding gradients through a recurrence (the same W applied 20 times)",
-    explanation=(
-        "An unrolled recurrence h_t = x_t U + h_{t-1} W + b applies one matrix W at every step, so "
-        "∂h_T/∂h_{T-k} = (Wᵀ)^k and the gradient reaching step T-k is scaled by about ρ(W)^k, with ρ "
-        "the spectral radius. With W = 1.5 · (orthogonal) every eigenvalue has modulus 1.5 and over "
-        "T = 20 steps the gradient grows ~1.5^19 ≈ 2000-fold (the forward state too): the gradient "
-        "norm of W is ~1e4 at the first step and one SGD step sends the weights to inf. Clipping the "
-        "global gradient norm to 5 keeps every step bounded (its direction is kept) while training "
-        "pulls ρ below about 1; an orthogonal W (ρ = 1) avoids the explosion from the start."),
-    data="random sequences x (20 steps x 4 features); label = [Σ_t x_t,0 > 0]; "
-         "TiedRecurrence(16, linear) + Dense 2; SGD lr 0.01",
-    broken={"recurrent_gain": 1.5, "lr": 0.01, "clip_norm": None},
-    remedy={"recurrent_gain": 1.5, "lr": 0.01, "clip_norm": 5.0},
-    variants={"orthogonal init (gain 1), clip 5": {"recurrent_gain": 1.0}},
-    report=("grad_norm_first_layer", "val_accuracy", "spectral_radius"),
-    steps=600, expected_code="EXPLODING_GRADIENTS",
-    metric=Bar("grad_norm_first_layer", ">=", 1e3),
-    remedy_bars=(Bar("val_accuracy", ">=", 0.85),),
-    make_data=_sequences, trainer=_recurrent))
 
 
 # --------------------------------------------------------------------------- dead units
