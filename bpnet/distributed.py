@@ -50,14 +50,13 @@ import sys
 import threading
 import time
 import traceback
+from contextlib import contextmanager
 
 import numpy as np
 
-from .callbacks import CallbackList, ProgressBar
-from .errors import MissingDependencyError
-from .errors import ConfigError, DataError
-from .history import History
-from .model import _split_validation
+from . import state, training
+from .errors import ConfigError, DataError, MissingDependencyError
+from .training import StepStats, Strategy
 
 __all__ = ["DistributedTrainer", "load_model", "get_comm", "mpi_available"]
 
@@ -190,7 +189,7 @@ class DistributedTrainer:
         copied back.  float16 (no standard MPI type) travels as float32.
         """
         bk = self.model.backend
-        on_host = isinstance(arr, np.ndarray)
+        on_host = bk.is_host(arr)
         wire = np.float32 if arr.dtype == np.float16 else arr.dtype
         if on_host and wire == arr.dtype:
             call(arr)
@@ -199,12 +198,7 @@ class DistributedTrainer:
             bk.synchronize()
             call(arr)
             return
-        host = self._host_buffer(key, arr, wire)
-        getter = getattr(arr, "get", None)
-        if getter is not None and wire == arr.dtype:
-            getter(out=host)                       # CuPy: device -> host into the staging buffer
-        else:
-            host[...] = bk.to_numpy(arr)
+        host = bk.to_host(arr, out=self._host_buffer(key, arr, wire))
         call(host)
         arr[...] = host if on_host else bk.asarray(host, dtype=arr.dtype)
 
@@ -224,38 +218,18 @@ class DistributedTrainer:
 
     # -- the two synchronisation points ----------------------------------------------------
     def broadcast_state(self):
-        """Make every replica identical to rank 0's: weights, buffers, optimizer, generators."""
+        """Make every replica identical to rank 0's: every array and value of :mod:`bpnet.state`."""
         model = self.model
         model._require_built()
         if self.size == 1:
             return
-        self._bcast_(model.flat_params, "params")
-        for name, owner, key in model.named_buffers():
-            self._bcast_(owner.buffers[key], f"buffer/{name}")
-        scaler = getattr(model, "loss_scaler", None)
-        if scaler is not None:
-            scaler._ensure_master()
-            if scaler.separate_master:             # rank 0's float32 master, not its float16 rounding
-                self._bcast_(scaler.master_params, "master")
-        opt = model.optimizer
-        if opt is not None:
-            opt._flat()                            # allocate state arrays on every rank alike
-            for k in sorted(opt.state):
-                self._bcast_(opt.state[k], f"opt/{k}")
-        layers = [layer for layer in model.walk() if getattr(layer, "rng", None) is not None]
-        small = self.comm.bcast({
-            "scaler": (scaler.scale, scaler.good_steps, scaler.overflows) if scaler is not None else None,
-            "t": opt.t if opt is not None else 0, "lr": opt.lr if opt is not None else 0.0,
-            "init": model.init_rng.bit_generator.state, "data": model.data_rng.bit_generator.state,
-            "layers": [layer.rng.bit_generator.state for layer in layers]}, root=0)
-        if opt is not None:
-            opt.t, opt.lr = small["t"], small["lr"]
-        if scaler is not None:
-            scaler.scale, scaler.good_steps, scaler.overflows = small["scaler"]
-        model.init_rng.bit_generator.state = small["init"]
-        model.data_rng.bit_generator.state = small["data"]
-        for layer, state in zip(layers, small["layers"]):
-            layer.rng.bit_generator.state = state
+        if model.loss_scaler is not None:
+            model.loss_scaler._ensure_master()
+        if model.optimizer is not None:
+            model.optimizer._flat()                # allocate state arrays on every rank alike
+        for name, holder, key in state.array_slots(model, flat=True):
+            self._bcast_(holder[key], name)
+        state.load_values(model, self.comm.bcast(state.values(model), root=0))
 
     def allreduce_gradients(self, weight: float | None = None):
         """Average ``model.flat_grads`` over the ranks with one in-place all-reduce.
@@ -337,7 +311,7 @@ class DistributedTrainer:
 
     def fit(self, X, y, epochs: int = 1, batch_size: int = 32, validation_data=None,
             validation_split: float = 0.0, shuffle: bool = True, callbacks=None, verbose: int = 1,
-            initial_epoch: int = 0, doctor=False, detect_anomaly=False) -> History:
+            initial_epoch: int = 0, doctor=False, detect_anomaly=False):
         """``Sequential.fit`` across ranks; ``batch_size`` is per rank (global batch N·batch_size).
 
         Every rank passes the same full data set.  Returns the same History on
@@ -345,141 +319,13 @@ class DistributedTrainer:
         and ``detect_anomaly`` work as in ``Sequential.fit``; the doctor prints
         on rank 0 only, and a NaN/Inf found on any rank ends every rank.
         """
-        done = threading.Event()
-        if self.step_timeout is not None and self.size > 1:
-            threading.Thread(target=self._watchdog, args=(done,), daemon=True,
-                             name="bpnet-watchdog").start()
-        self._beat = time.monotonic()
-        model = self.model
-        patched_save = False
-        try:
-            if not self.is_root:
-                verbose = 0
-                model.save = lambda path: None      # only rank 0 writes checkpoints
-                patched_save = True
-            return self._fit(X, y, epochs, batch_size, validation_data, validation_split, shuffle,
-                             callbacks, verbose, initial_epoch, doctor, detect_anomaly)
-        except BaseException as exc:
-            if self.size > 1:
-                self._abort(exc)
-            raise
-        finally:
-            done.set()
-            if patched_save:
-                del model.save
-
-    def _fit(self, X, y, epochs, batch_size, validation_data, validation_split, shuffle, callbacks,
-             verbose, initial_epoch, doctor=False, detect_anomaly=False):
-        model = self.model
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
             raise ConfigError(f"batch_size must be a positive integer (per rank), got {batch_size!r}")
-        self._where = "setup (data checks and the initial broadcast)"
-        model._require_compiled()
-        if doctor:
-            from .doctor.callback import Doctor, attach_doctor
-            callbacks = attach_doctor(model, doctor, X, y, callbacks)
-            if not self.is_root:
-                for cb in callbacks:
-                    if isinstance(cb, Doctor):
-                        cb.print_fn = None         # findings are kept in the history on every rank
-        X, y = model._prepare(X, y)
-        X, y, validation_data = _split_validation(X, y, validation_split, validation_data)
-        if self.size > 1:
-            self._check_same_data(X, y)
-        self.broadcast_state()
-
-        n, global_batch = len(X), batch_size * self.size
-        steps = -(-n // global_batch)
-        cbs = CallbackList(list(callbacks or []) + ([ProgressBar(epochs, steps)] if verbose else []))
-        cbs.set_model(model)
-        model.history = history = History()
-        model.stop_training = False
-        with model._training_session(detect_anomaly):
-            cbs.on_train_begin()
-            for epoch in range(initial_epoch, epochs):
-                self._where = f"epoch {epoch + 1}"
-                cbs.on_epoch_begin(epoch)
-                order = model.data_rng.permutation(n) if shuffle else np.arange(n)
-                logs = self._train_epoch(X, y, order, batch_size, epoch, cbs)
-                self.average_buffers()
-                if validation_data is not None:
-                    self._where = f"validation after epoch {epoch + 1}"
-                    val = self.evaluate(*validation_data, batch_size=max(batch_size, 256))
-                    logs.update({f"val_{k}": v for k, v in val.items()})
-                history.append(epoch, logs)
-                cbs.on_epoch_end(epoch, logs)
-                stop = self.allreduce_scalars([float(model.stop_training)], self.MPI.MAX)[0]
-                model.stop_training = bool(stop)
-                if model.stop_training:
-                    break
-            cbs.on_train_end()
-        return history
-
-    def _train_epoch(self, X, y, order, batch_size, epoch, cbs) -> dict:
-        model, bk = self.model, self.model.backend
-        n, size = len(X), self.size
-        global_batch = batch_size * size
-        want_acc = "accuracy" in model.metrics
-        scaler = getattr(model, "loss_scaler", None)
-        total_loss, total_weight, correct, seen = 0.0, 0.0, 0.0, 0.0
-        stop_pending = 0.0
-        start = time.perf_counter()
-        for i, lo in enumerate(range(0, n, global_batch)):
-            self._where = f"epoch {epoch + 1}, batch {i}"
-            self._beat = time.monotonic()
-            m = min(global_batch, n - lo)
-            offset, count = (self.rank * batch_size, batch_size) if m == global_batch \
-                else _shard(m, size, self.rank)
-            idx = order[lo + offset: lo + offset + count]
-            cbs.on_batch_begin(i)
-            scaler_state = (scaler.scale, scaler.good_steps, scaler.overflows) if scaler else None
-            loss_sum = n_correct = weight = 0.0
-            if count:
-                yb_dev = bk.asarray(np.take(y, idx, axis=0))
-                loss, out = model.train_step(np.take(X, idx, axis=0), yb_dev)
-                weight = model._batch_weight(count)   # what the loss divided by: count, or Σ class weights
-                loss_sum = loss * weight
-                if want_acc:
-                    n_correct = float(model.loss.count_correct(out, yb_dev))
-            else:                                  # a short last batch left this rank nothing
-                self.model.step_grads[...] = 0
-            overflow = float(getattr(model, "skip_step", False))
-            # a stop asked for by any rank's callbacks in the previous step travels with the logs
-            g_loss, g_correct, g_count, g_weight, g_stop, g_overflow = self.allreduce_scalars(
-                [loss_sum, n_correct, count, weight, stop_pending, overflow])
-            if g_stop:
-                model.stop_training = True
-                break
-            if scaler is not None and size > 1:    # every rank backs off (or not) alike
-                scaler.scale, scaler.good_steps, scaler.overflows = scaler_state
-                scaler.update(found_inf=bool(g_overflow))
-                model.skip_step = bool(g_overflow)
-            # rank r's gradient is ∇(Σ_r ℓ_i)/w_r; the global mean gradient is Σ_r w_r ∇_r / Σ w_r
-            equal = m == global_batch and model.loss.batch_weight is None
-            self.allreduce_gradients(None if equal else size * weight / g_weight)
-            batch_loss = g_loss / g_weight
-            cbs.on_backward_end(i, {"loss": batch_loss})
-            skipped = bool(getattr(model, "skip_step", False))
-            model.skip_step = False
-            if not skipped:
-                model.optimizer.step()
-                if getattr(model, "_anomaly", None) is not None:
-                    model._anomaly.check_update(model)
-            if not (skipped and not math.isfinite(batch_loss)):   # a rolled-back bad batch is not counted
-                total_loss += g_loss
-                total_weight += g_weight
-                correct += g_correct
-                seen += g_count
-            cbs.on_batch_end(i, {"loss": batch_loss, "size": int(g_count), "skipped": skipped})
-            stop_pending = float(model.stop_training)
-            if stop_pending and size == 1:
-                break
-        logs = {"loss": total_loss / total_weight if total_weight else 0.0}
-        if want_acc:
-            logs["accuracy"] = correct / max(seen, 1)
-        logs["lr"] = float(model.optimizer.lr)
-        logs["time"] = time.perf_counter() - start
-        return logs
+        return training.fit(self.model, X, y, epochs=epochs, batch_size=batch_size,
+                            validation_data=validation_data, validation_split=validation_split,
+                            shuffle=shuffle, callbacks=callbacks, verbose=verbose if self.is_root else 0,
+                            initial_epoch=initial_epoch, strategy=MPIStrategy(self), doctor=doctor,
+                            detect_anomaly=detect_anomaly)
 
     def evaluate(self, X, y, batch_size: int = 256) -> dict:
         """``Sequential.evaluate`` with the samples split over the ranks; same dict on every rank."""
@@ -496,6 +342,116 @@ class DistributedTrainer:
         if "accuracy" in model.metrics:
             result["accuracy"] = g_correct / g_count
         return result
+
+
+class MPIStrategy(Strategy):
+    """The training loop's MPI side: shards of every global batch, and sums over the ranks.
+
+    Every rank draws the same permutation and takes its slice of each global
+    batch of N·B samples; after backward the per-step numbers (loss sum,
+    weight, correct, count, a pending stop, a loss-scaler overflow) and the
+    gradients are all-reduced, so every replica applies the same update.
+    """
+
+    def __init__(self, trainer: DistributedTrainer):
+        self.trainer = trainer
+        self.is_root = trainer.is_root
+        self.stops_at_once = trainer.size == 1
+        self._scaler_state = None
+        self._full = True
+
+    # -- around the whole of fit: watchdog, rank-0 checkpoints, abort on error ---------------
+    @contextmanager
+    def guard(self, loop):
+        t, model = self.trainer, loop.model
+        done = threading.Event()
+        if t.step_timeout is not None and t.size > 1:
+            threading.Thread(target=t._watchdog, args=(done,), daemon=True, name="bpnet-watchdog").start()
+        t._beat = time.monotonic()
+        t._where = "setup (data checks and the initial broadcast)"
+        patched_save = not t.is_root
+        if patched_save:
+            model.save = lambda path: None         # only rank 0 writes checkpoints
+        try:
+            yield
+        except BaseException as exc:
+            if t.size > 1:
+                t._abort(exc)
+            raise
+        finally:
+            done.set()
+            if patched_save:
+                del model.save
+
+    def prepare(self, loop, X, y):
+        t = self.trainer
+        if t.size > 1:
+            t._check_same_data(X, y)
+        t.broadcast_state()
+        self.X, self.y = X, y
+        self.global_batch = loop.batch_size * t.size
+
+    def steps_per_epoch(self, loop) -> int:
+        return -(-len(self.X) // self.global_batch)
+
+    def batches(self, loop, epoch):
+        t, n, gb, b = self.trainer, len(self.X), self.global_batch, loop.batch_size
+        order = loop.model.data_rng.permutation(n) if loop.shuffle else np.arange(n)
+        for i, lo in enumerate(range(0, n, gb)):
+            t._where = f"epoch {epoch + 1}, batch {i}"
+            t._beat = time.monotonic()
+            m = min(gb, n - lo)
+            self._full = m == gb
+            offset, count = (t.rank * b, b) if self._full else _shard(m, t.size, t.rank)
+            idx = order[lo + offset: lo + offset + count]
+            yield np.take(self.X, idx, axis=0), np.take(self.y, idx, axis=0)
+
+    def begin_step(self, loop):
+        scaler = loop.model.loss_scaler
+        self._scaler_state = (scaler.scale, scaler.good_steps, scaler.overflows) if scaler else None
+
+    def combine(self, loop, stats: StepStats) -> StepStats:
+        t, model = self.trainer, loop.model
+        # a stop asked for by any rank's callbacks in the previous step travels with the numbers
+        g_loss, g_correct, g_count, g_weight, g_stop, g_overflow = t.allreduce_scalars(
+            [stats.loss_sum, stats.correct, stats.count, stats.weight, float(model.stop_training),
+             float(model.skip_step)])
+        if g_stop:
+            return StepStats(loss=math.nan, stop=True)
+        scaler = model.loss_scaler
+        if scaler is not None and t.size > 1:      # every rank backs off (or not) alike
+            scaler.scale, scaler.good_steps, scaler.overflows = self._scaler_state
+            scaler.update(found_inf=bool(g_overflow))
+            model.skip_step = bool(g_overflow)
+        # rank r's gradient is ∇(Σ_r ℓ_i)/w_r; the global mean gradient is Σ_r w_r ∇_r / Σ w_r
+        equal = self._full and model.loss.batch_weight is None
+        t.allreduce_gradients(None if equal else t.size * stats.weight / g_weight)
+        return StepStats(loss=g_loss / g_weight, loss_sum=g_loss, weight=g_weight, correct=g_correct,
+                         count=int(g_count))
+
+    def end_epoch(self, loop):
+        self.trainer.average_buffers()
+        self.trainer._where = f"validation after epoch {loop.epoch + 1}"
+
+    def evaluate(self, loop, X, y) -> dict:
+        return self.trainer.evaluate(X, y, batch_size=max(loop.batch_size, 256))
+
+    def agree_to_stop(self, stop: bool) -> bool:
+        return bool(self.trainer.allreduce_scalars([float(stop)], self.trainer.MPI.MAX)[0])
+
+
+def _fit_plugin(loop, distributed, X, y):
+    """``fit(distributed=True)`` (or an mpi4py communicator): train through :class:`MPIStrategy`."""
+    if isinstance(loop.batch_size, bool) or not isinstance(loop.batch_size, (int, np.integer)) \
+            or loop.batch_size <= 0:
+        raise ConfigError(f"batch_size must be a positive integer (per rank), got {loop.batch_size!r}")
+    trainer = DistributedTrainer(loop.model, comm=None if distributed is True else distributed)
+    loop.strategy = MPIStrategy(trainer)
+    if not trainer.is_root:
+        loop.verbose = 0
+
+
+training.register_fit_option("distributed", _fit_plugin)
 
 
 def load_model(path, comm=None, backend=None):

@@ -27,7 +27,10 @@ import statistics
 import time
 from dataclasses import dataclass, field
 
+from . import state
 from .errors import ConfigError
+from .model import register_model_tool
+from .state import TrainingState
 
 __all__ = ["profile", "ProfileReport"]
 
@@ -100,35 +103,17 @@ def _human_bytes(n: float) -> str:
 
 
 class _State:
-    """Copies of everything a training step changes, to put back afterwards."""
+    """Copies of everything a training step changes (:mod:`bpnet.state`), to put back afterwards."""
 
     def __init__(self, model):
-        bk = model.backend
         self.model = model
-        self.params = bk.to_numpy(model.flat_params).copy()
-        self.buffers = {name: bk.to_numpy(owner.buffers[key]).copy()
-                        for name, owner, key in model.named_buffers()}
-        opt = model.optimizer
-        self.opt_t, self.opt_lr = opt.t, opt.lr
-        self.opt_state = {k: bk.to_numpy(v).copy() for k, v in opt.state.items() if v is not None}
-        self.rngs = [(layer, layer.rng.bit_generator.state) for layer in model.walk()
-                     if getattr(layer, "rng", None) is not None]
+        self.arrays = TrainingState(model)
+        self.values = state.values(model)
 
     def restore(self):
-        model, bk = self.model, self.model.backend
-        model.flat_params[...] = bk.asarray(self.params, dtype=model.flat_params.dtype)
-        for name, owner, key in model.named_buffers():
-            owner.buffers[key][...] = bk.asarray(self.buffers[name], dtype=owner.buffers[key].dtype)
-        opt = model.optimizer
-        opt.t, opt.lr = self.opt_t, self.opt_lr
-        for k in list(opt.state):
-            if k in self.opt_state:
-                opt.state[k][...] = bk.asarray(self.opt_state[k], dtype=opt.state[k].dtype)
-            else:
-                del opt.state[k]          # created during profiling: the next real step recreates it
-        for layer, state in self.rngs:
-            layer.rng.bit_generator.state = state
-        model.clear_cache()
+        self.arrays.restore(self.model)
+        state.load_values(self.model, self.values)
+        self.model.clear_cache()
 
 
 def _step_layers(step) -> list:
@@ -166,7 +151,7 @@ def profile(model, X, y, steps: int = 20, print_fn=print, batch_size: int | None
     xb, yb = bk.asarray(X, dtype=model.dtype), bk.asarray(y)
     # time what the model runs: its execution plan, where a Dense and the activation after it
     # are one fused step (see Sequential.build), else the layers one by one
-    layers = list(getattr(model, "_steps", None) or model.layers)
+    layers = list(model.steps or model.layers)
     loss, opt = model.loss, model.optimizer
     n = len(layers)
     fwd = [[] for _ in range(n)]
@@ -266,3 +251,6 @@ def profile(model, X, y, steps: int = 20, print_fn=print, batch_size: int | None
     if print_fn is not None:
         print_fn(report.table())
     return report
+
+
+register_model_tool("profile", profile)   # model.profile(X, y)

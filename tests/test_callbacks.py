@@ -313,12 +313,13 @@ def test_training_state_capture_reuses_arrays(spirals):
     model = mlp(optimizer=Adam(lr=0.01), bn=True)
     model.fit(X, y, epochs=1, batch_size=50, verbose=0)
     state = TrainingState(model)
-    ids = (id(state.params), [id(b) for b in state.buffers], {k: id(v) for k, v in state.opt_state.items()})
+    ids = {name: id(a) for name, a in state.arrays.items()}
+    assert {"params", "optimizer/m", "optimizer/v"} <= set(ids) and any(n.startswith("buffer/") for n in ids)
     before = model.flat_params.copy()
     model.fit(X, y, epochs=1, batch_size=50, verbose=0)
     state.capture(model)
-    assert ids == (id(state.params), [id(b) for b in state.buffers], {k: id(v) for k, v in state.opt_state.items()})
-    np.testing.assert_array_equal(state.params, model.flat_params)
+    assert ids == {name: id(a) for name, a in state.arrays.items()}
+    np.testing.assert_array_equal(state.arrays["params"], model.flat_params)
     assert not np.array_equal(before, model.flat_params)
 
 

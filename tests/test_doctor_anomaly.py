@@ -43,7 +43,7 @@ def test_nan_in_the_data_blames_the_data():
     assert (e.phase, e.layer_index, e.layer_name, e.rows, e.data_to_blame) == ("forward", 0, "dense", [3, 11], True)
     assert e.operation == "Dense forward x@W+b"
     assert "the input batch already contains NaN in rows [3, 11]: the data is to blame" in str(e)
-    assert Sequential._anomaly is None                   # the context manager cleaned up
+    assert Sequential.observers == ()                    # the context manager cleaned up
 
 
 def test_inf_weights_are_named_in_forward():
@@ -59,7 +59,7 @@ def test_inf_weights_are_named_in_forward():
     assert e.operation == "Dense forward x@W+b"
     assert e.rows == list(range(16))          # every row meets the Inf row of W (and 0 * Inf is NaN)
     assert "W (8 Inf)" in str(e)
-    assert "_anomaly" not in vars(model)
+    assert "observers" not in vars(model)
 
 
 def test_custom_forward_op_producing_nan():
@@ -86,7 +86,7 @@ def test_broken_backward_is_named_in_fit_and_anomaly_mode_is_switched_off_after(
     e = info.value
     assert (e.phase, e.layer_index, e.layer_name, e.rows) == ("backward", 2, "badbackward", [1, 4])
     assert "BadBackward backward" in e.operation and "dx" in str(e)
-    assert "_anomaly" not in vars(model) and model._anomaly is None
+    assert "observers" not in vars(model) and model.observers == ()
     # without anomaly mode the NaN silently reaches the weights
     model2 = Sequential([Dense(8, init="he_normal"), ReLU(), BadBackward(), Dense(3)], seed=0, backend="numpy")
     model2.compile(optimizer=SGD(lr=0.1))

@@ -11,11 +11,24 @@ import math
 from ..errors import ConfigError
 
 
+EVENTS = ("on_train_begin", "on_train_end", "on_epoch_begin", "on_epoch_end", "on_batch_begin",
+          "on_batch_end", "on_loss_end", "on_backward_end", "on_update_begin", "on_update_end")
+
+
 class Callback:
+    """Told about the run at the training loop's points (see :mod:`bpnet.training`).
+
+    ``self.model`` is the model; ``self.loop`` the :class:`~bpnet.training.TrainingLoop`
+    running it (``epoch``, ``start_epoch``, ``step``, ``batch``), or None outside ``fit``.
+    """
     model = None
+    loop = None
 
     def set_model(self, model):
         self.model = model
+
+    def set_loop(self, loop):
+        self.loop = loop
 
     def on_train_begin(self, logs=None): pass
     def on_train_end(self, logs=None): pass
@@ -23,23 +36,43 @@ class Callback:
     def on_epoch_end(self, epoch, logs=None): pass
     def on_batch_begin(self, batch, logs=None): pass
     def on_batch_end(self, batch, logs=None): pass
+
+    def on_loss_end(self, batch, logs=None):
+        """After the loss, before backward; ``logs`` has ``loss``, ``output`` and ``target``."""
+
     def on_backward_end(self, batch, logs=None):
         """After gradients are computed, before the optimizer step (clipping goes here)."""
 
+    def on_update_begin(self, batch, logs=None):
+        """Just before the update (not called when the step was vetoed)."""
+
+    def on_update_end(self, batch, logs=None):
+        """Just after the update."""
+
 
 class CallbackList(Callback):
-    """Fans every event out to a list of callbacks, in order."""
+    """Fans every event out to a list of callbacks, in order.
+
+    Each event calls only the callbacks that override it, so an unused
+    point costs a loop over an empty list.
+    """
 
     def __init__(self, callbacks=()):
         self.callbacks = [c for c in callbacks if c is not None]
+        self._listeners = {event: [getattr(c, event) for c in self.callbacks
+                                   if _overrides(c, event)] for event in EVENTS}
 
     def set_model(self, model):
         for c in self.callbacks:
             c.set_model(model)
 
-    def _call(self, event, *args):
+    def set_loop(self, loop):
         for c in self.callbacks:
-            getattr(c, event)(*args)
+            c.set_loop(loop)
+
+    def _call(self, event, *args):
+        for method in self._listeners[event]:
+            method(*args)
 
     def on_train_begin(self, logs=None): self._call("on_train_begin", logs)
     def on_train_end(self, logs=None): self._call("on_train_end", logs)
@@ -47,7 +80,17 @@ class CallbackList(Callback):
     def on_epoch_end(self, epoch, logs=None): self._call("on_epoch_end", epoch, logs)
     def on_batch_begin(self, batch, logs=None): self._call("on_batch_begin", batch, logs)
     def on_batch_end(self, batch, logs=None): self._call("on_batch_end", batch, logs)
+    def on_loss_end(self, batch, logs=None): self._call("on_loss_end", batch, logs)
     def on_backward_end(self, batch, logs=None): self._call("on_backward_end", batch, logs)
+    def on_update_begin(self, batch, logs=None): self._call("on_update_begin", batch, logs)
+    def on_update_end(self, batch, logs=None): self._call("on_update_end", batch, logs)
+
+
+def _overrides(callback, event) -> bool:
+    """True unless ``callback``'s ``event`` is the base class's no-op (nested lists always count)."""
+    if isinstance(callback, CallbackList) or event in vars(callback):
+        return True
+    return getattr(type(callback), event, None) is not getattr(Callback, event)
 
 
 class ProgressBar(Callback):

@@ -23,6 +23,9 @@ from .monitor import Monitor
 from .overfit import OverfitReport, overfit_check
 from .thresholds import Thresholds
 from .trace import trace
+from ..model import register_model_tool
+
+register_model_tool("trace", trace)       # model.trace(x)
 
 __all__ = ["diagnose", "check_data", "check_model", "check_gradients", "check_memory", "overfit_check", "trace",
            "Monitor", "detect_anomaly",

@@ -21,10 +21,14 @@ Because the checks run in order, the first failure is the origin: the layer
 whose *input* was finite but whose *output* is not.  Locating rows and
 culprit parameters costs extra work only after a check has failed.
 
-How it hooks in: ``Sequential.forward`` / ``backward`` hand their loop to
-``model._anomaly`` when it is set (an instance attribute in ``fit``, the
-class attribute inside ``detect_anomaly()``); when it is None they run their
-plain loop, so anomaly mode costs nothing when it is off.
+How it hooks in: the checker is an *observer* of the container
+(:mod:`bpnet.container`): told about every step of the forward and backward
+pass, fused Dense + activation steps included (a failure inside one is
+traced to the Dense product or the activation).  ``fit(detect_anomaly=True)``
+registers it on the model and adds :class:`AnomalyCallback` for the loss
+and the update; ``detect_anomaly()`` registers it on every model for a
+hand-written loop.  With no observers the container runs its plain loop, so
+anomaly mode costs nothing when it is off.
 """
 from __future__ import annotations
 
@@ -33,7 +37,11 @@ from contextlib import contextmanager
 
 import numpy as np
 
+from ..callbacks import Callback
+from ..container import LayerStack
 from ..errors import NonFiniteError
+from ..training import register_fit_option
+from ._paths import layer_at
 
 _SHOWN_ROWS = 10
 
@@ -118,25 +126,33 @@ def _error(message, *, phase, layer_index=None, layer_path=None, layer=None, op=
 
 
 class AnomalyChecker:
-    """Runs a model's forward/backward loop with a finiteness check after every layer."""
+    """Checks every step's output and gradients for NaN/Inf; raises at the first one.
+
+    An observer of the container (``after_forward``, ``before_backward``,
+    ``after_backward``), plus ``check_loss`` and ``check_update`` for the loop.
+    """
 
     def __init__(self):
-        self._path: list[int] = []          # position inside nested Sequentials
+        self._path: tuple = ()
 
     # -- forward ----------------------------------------------------------------------
-    def forward(self, model, x, training):
+    def after_forward(self, model, path, step, x, y):
         bk = model.backend
-        path = self._path
-        for i, layer in enumerate(model.layers):
-            path.append(i)
-            try:
-                y = layer.forward(x, training)
-                if not bk.all_finite(y):
-                    raise self._forward_error(bk, layer, x, y)
-            finally:
-                path.pop()
-            x = y
-        return x
+        if bk.all_finite(y):
+            return
+        layer, self._path = self._culprit_forward(bk, path, step, x)
+        raise self._forward_error(bk, layer, x, y)
+
+    def _culprit_forward(self, bk, path, step, x):
+        """The layer of a step to blame: in a fused Dense + activation step, the Dense
+        product x@W+b when it is already non-finite, else the activation."""
+        dense = getattr(step, "dense", None)
+        if dense is None:
+            return step, path
+        z = bk.xp.matmul(x, dense.params["W"]) + dense.params["b"]
+        if not bk.all_finite(z) or not bk.all_finite(x):
+            return dense, path
+        return step.activation, path[:-1] + (path[-1] + 1,)
 
     def _forward_error(self, bk, layer, x, y):
         kind = nonfinite_kind(bk, y)
@@ -169,39 +185,47 @@ class AnomalyChecker:
             phase="forward", layer=layer, op=op, rows=rows, kind=kind, **self._index())
 
     # -- backward ---------------------------------------------------------------------
-    def backward(self, model, dy):
-        if getattr(model, "loss_scaler", None) is not None:
-            # mixed precision: float16 gradients overflow by design; the loss scaler detects
-            # that and skips the step, so only forward, loss and update are checked
-            for layer in reversed(model.layers):
-                dy = layer.backward(dy)
-            return dy
+    def before_backward(self, model, path, dy):
         bk = model.backend
-        path = self._path
-        if not path and not bk.all_finite(dy):
-            rows, kind = bad_rows(bk, dy), nonfinite_kind(bk, dy)
-            loss = getattr(model, "loss", None)
-            what = f"{type(loss).__name__} backward" if loss is not None else "the loss backward"
-            raise _error(
-                f"{kind} in the gradient of the loss with respect to the model output (rows "
-                f"{_rows_text(rows)}), before the backward pass began: the loss ({what}) produced it; "
-                "check the targets of those rows and that the loss receives what it expects "
-                "(logits vs probabilities).",
-                phase="loss", layer=None, op=what, rows=rows, kind=kind)
-        for i in range(len(model.layers) - 1, -1, -1):
-            layer = model.layers[i]
-            path.append(i)
-            try:
-                dx = layer.backward(dy)
-                if dx is not None and not bk.all_finite(dx):
-                    raise self._backward_error(bk, layer, dx, "dx")
-                for name, owner, key in layer.named_parameters():
-                    if not bk.all_finite(owner.grads[key]):
-                        raise self._backward_error(bk, layer, owner.grads[key], f"d{name}")
-            finally:
-                path.pop()
-            dy = dx
-        return dy
+        if path or model.loss_scaler is not None or bk.all_finite(dy):
+            return
+        rows, kind = bad_rows(bk, dy), nonfinite_kind(bk, dy)
+        loss = getattr(model, "loss", None)
+        what = f"{type(loss).__name__} backward" if loss is not None else "the loss backward"
+        raise _error(
+            f"{kind} in the gradient of the loss with respect to the model output (rows "
+            f"{_rows_text(rows)}), before the backward pass began: the loss ({what}) produced it; "
+            "check the targets of those rows and that the loss receives what it expects "
+            "(logits vs probabilities).",
+            phase="loss", layer=None, op=what, rows=rows, kind=kind)
+
+    def after_backward(self, model, path, step, dy, dx):
+        """Check dx and every parameter gradient of the step.  (Under a loss scaler float16
+        gradients overflow by design and the scaler skips those steps: not checked.)"""
+        bk = model.backend
+        if model.loss_scaler is not None:
+            return
+        bad = self._first_bad_gradient(bk, step, dx)
+        if bad is None:
+            return
+        layer, what, g = bad
+        self._path = path
+        if getattr(step, "dense", None) is not None and layer is step.dense:
+            dz = step.activation.backward(dy)
+            if not bk.all_finite(dz):          # the activation's backward produced it
+                layer, what, g = step.activation, "dx", dz
+                self._path = path[:-1] + (path[-1] + 1,)
+        raise self._backward_error(bk, layer, g, what)
+
+    @staticmethod
+    def _first_bad_gradient(bk, step, dx):
+        layer = getattr(step, "dense", step)
+        if dx is not None and not bk.all_finite(dx):
+            return layer, "dx", dx
+        for name, owner, key in layer.named_parameters():
+            if not bk.all_finite(owner.grads[key]):
+                return layer, f"d{name}", owner.grads[key]
+        return None
 
     def _backward_error(self, bk, layer, g, what):
         kind = nonfinite_kind(bk, g)
@@ -247,7 +271,6 @@ class AnomalyChecker:
         bad = [name for name, owner, key in model.named_parameters() if not bk.all_finite(owner.params[key])]
         first = bad[0] if bad else "?"
         path = first.rsplit(".", 1)[0]
-        from ._paths import layer_at
         layer = layer_at(model, path)
         opt = model.optimizer
         grads_ok = model.flat_grads is None or bk.all_finite(model.flat_grads)
@@ -267,18 +290,32 @@ class AnomalyChecker:
         return f"layer {'.'.join(map(str, self._path))} ({layer.name}, {type(layer).__name__})"
 
 
+class AnomalyCallback(Callback):
+    """The loop's side of anomaly mode: check the loss before backward and the parameters after the update."""
+
+    def __init__(self, checker: AnomalyChecker):
+        self.checker = checker
+
+    def on_loss_end(self, batch, logs=None):
+        self.checker.check_loss(self.model, logs["loss"], logs["output"], logs["target"])
+
+    def on_update_end(self, batch, logs=None):
+        self.checker.check_update(self.model)
+
+
 def enable(model):
-    """Turn anomaly mode on for ``model``; return a function that restores the previous state."""
+    """Turn anomaly mode on for ``model``; return (the checker, a function that turns it off)."""
     missing = object()
-    previous = vars(model).get("_anomaly", missing)
-    model._anomaly = AnomalyChecker()
+    previous = vars(model).get("observers", missing)
+    checker = AnomalyChecker()
+    model.observers = tuple(model.observers) + (checker,)
 
     def restore():
         if previous is missing:
-            vars(model).pop("_anomaly", None)
+            vars(model).pop("observers", None)
         else:
-            model._anomaly = previous
-    return restore
+            model.observers = previous
+    return checker, restore
 
 
 @contextmanager
@@ -287,21 +324,31 @@ def detect_anomaly(model=None):
 
     ``with bpnet.detect_anomaly(): ...`` covers every model; ``detect_anomaly(model)``
     only that one.  Yields the :class:`AnomalyChecker`; in a hand-written loop
-    call ``checker.check_update(model)`` after ``opt.step()`` to check the
-    update too (``fit(detect_anomaly=True)`` does so itself).
+    call ``checker.check_loss(model, loss, output, target)`` after the loss and
+    ``checker.check_update(model)`` after ``opt.step()`` to check those too
+    (``fit(detect_anomaly=True)`` does so itself).
     """
     if model is not None:
-        restore = enable(model)
+        checker, restore = enable(model)
         try:
-            yield model._anomaly
+            yield checker
         finally:
             restore()
         return
-    from ..model import Sequential
-    previous = Sequential.__dict__.get("_anomaly")
+    previous = LayerStack.__dict__.get("observers", ())
     checker = AnomalyChecker()
-    Sequential._anomaly = checker
+    LayerStack.observers = tuple(previous) + (checker,)
     try:
         yield checker
     finally:
-        Sequential._anomaly = previous
+        LayerStack.observers = previous
+
+
+def _fit_plugin(loop, value, X, y):
+    """``fit(detect_anomaly=True)``: the checker on the model, the callback in the loop."""
+    checker, restore = enable(loop.model)
+    loop.user_callbacks.insert(0, AnomalyCallback(checker))
+    loop.cleanups.append(restore)
+
+
+register_fit_option("detect_anomaly", _fit_plugin)

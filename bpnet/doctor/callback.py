@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from ..callbacks import Callback
 from ..errors import BpnetError
+from ..training import register_fit_option
 from .data_checks import check_data
 from .diagnose import diagnose
 from .model_checks import check_model
@@ -55,10 +56,14 @@ class Doctor(Callback):
     def on_epoch_end(self, epoch, logs=None):
         self.report(diagnose(self.model.history, model=self.model, thresholds=self.thresholds))
 
+    def on_train_end(self, logs=None):
+        if not self.findings and self.print_fn is not None:
+            self.print_fn("doctor: no problems found")
+
 
 def attach_doctor(model, doctor, X, y, callbacks) -> list:
-    """What ``fit(doctor=...)`` calls before validating the data: check it, return the callbacks
-    with the Doctor (and a Monitor, if there is none) added."""
+    """Check the raw (X, y), and return the callbacks with the Doctor (and a Monitor, if
+    there is none) added.  This is what ``fit(doctor=...)`` does before validating the data."""
     doc = doctor if isinstance(doctor, Doctor) else Doctor()
     doc.set_model(model)
     if not model.built:               # build now (as fit would) so the checks know the output width
@@ -73,3 +78,15 @@ def attach_doctor(model, doctor, X, y, callbacks) -> list:
         callbacks.insert(0, Monitor(every=doc.every))
     doc.check_data(X, y)
     return callbacks + [doc]
+
+
+def _fit_plugin(loop, doctor, X, y):
+    """``fit(doctor=...)``: the doctor joins the loop's callbacks (printing on the root process only)."""
+    loop.user_callbacks = attach_doctor(loop.model, doctor, X, y, loop.user_callbacks)
+    if not loop.strategy.is_root:
+        for cb in loop.user_callbacks:
+            if isinstance(cb, Doctor):
+                cb.print_fn = None         # findings are kept in the history on every process
+
+
+register_fit_option("doctor", _fit_plugin)

@@ -25,8 +25,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..callbacks import CallbackList
+from ..callbacks import Callback
+from ..doctor._paths import leaf_layers
+from ..doctor.anomaly import enable
+from ..doctor.monitor import Monitor
+from ..errors import NonFiniteError
 from ..history import History
+from ..layers.activations import Activation
+from ..training import Strategy, TrainingLoop, optimizer_step
 
 PROBE_ROWS = 256          # samples used for the activation snapshot
 
@@ -73,14 +79,74 @@ def first_nonfinite(values) -> int | None:
     return None
 
 
+class _LabBatches(Strategy):
+    """Batches from a permutation per epoch drawn from the scenario's own seed; no data checks."""
+
+    def __init__(self, seed: int):
+        self.rng = np.random.default_rng(np.random.SeedSequence([seed, 7]))
+
+    def prepare(self, loop, X, y):
+        self.X, self.y = X, y
+
+    def steps_per_epoch(self, loop) -> int:
+        return -(-len(self.X) // loop.batch_size)
+
+    def batches(self, loop, epoch):
+        order = self.rng.permutation(len(self.X))
+        for start in range(0, len(self.X), loop.batch_size):
+            idx = order[start:start + loop.batch_size]
+            yield self.X[idx], self.y[idx]
+
+
+class _Recorder(Callback):
+    """The lab's bookkeeping as a callback of the training loop.
+
+    Records every step's loss; replays the first non-finite step under anomaly
+    mode (``explain``); stops ``stop_after_nonfinite`` steps after the first
+    non-finite loss, and at the end of the epoch that reaches the step budget.
+    """
+
+    def __init__(self, run: Run, steps: int, stop_after_nonfinite: int, explain: bool):
+        self.run, self.steps = run, steps
+        self.stop_after, self.explain = stop_after_nonfinite, explain
+        self.bad_since = None
+
+    def on_backward_end(self, batch, logs=None):
+        model, run = self.model, self.run
+        if self.explain and run.anomaly is None and not (math.isfinite(logs["loss"]) and
+                                                         model.backend.all_finite(model.flat_grads)):
+            run.anomaly = explain_nonfinite(model, *self.loop.batch)
+            if run.anomaly is not None:
+                run.notes.append(f"detect_anomaly at step {self.loop.step}: {run.anomaly}")
+
+    def on_batch_end(self, batch, logs=None):
+        value, step = float(logs["loss"]), self.loop.step
+        self.run.step_loss.append(value)
+        if not math.isfinite(value) and self.bad_since is None:
+            self.bad_since = step
+        if self.bad_since is not None and step + 1 - self.bad_since >= self.stop_after:
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.loop.step >= self.steps:
+            self.model.stop_training = True
+
+
+def _lab_update(update):
+    if update is None:
+        return optimizer_step
+    return lambda model, optimizer, step: update(model, optimizer, step)
+
+
 def train(model, loss, optimizer, X, y, *, steps: int, batch_size: int = 64, seed: int = 0,
           validation_data=None, callbacks=(), update=None, monitor_every: int | None = None,
           stop_after_nonfinite: int = 3, loss_scaler=None, explain: bool | None = None, label: str = "run",
           config=None) -> Run:
     """Train ``model`` for at least ``steps`` optimizer steps on (X, y) and return a :class:`Run`.
 
-    Training runs in whole epochs (the epoch that reaches ``steps`` is finished, so
-    every logged epoch averages the same number of batches).
+    Training runs in whole epochs of bpnet's one training loop (the epoch that
+    reaches ``steps`` is finished, so every logged epoch averages the same
+    number of batches).
     ``update(model, optimizer, step)`` replaces ``optimizer.step()`` when given.
     With ``explain`` (default: only for the run labelled "broken") the first
     step whose loss or gradients are non-finite is replayed under the doctor's
@@ -90,72 +156,23 @@ def train(model, loss, optimizer, X, y, *, steps: int, batch_size: int = 64, see
     ``seed``, so the same seed gives the same run.  The monitor records every
     ``monitor_every`` steps (default: often enough for about 100 records).
     """
-    from ..doctor.monitor import Monitor
-
     explain = (label == "broken") if explain is None else explain
     model.compile(loss=loss, optimizer=optimizer, loss_scaler=loss_scaler)
-    X = np.asarray(X)
-    Xc = X.astype(model.dtype, copy=False)
+    Xc = np.asarray(X).astype(model.dtype, copy=False)
     if not model.built:
         model.build(Xc.shape[1:])
+    run = Run(label, dict(config or {}), model=model)
     monitor = Monitor(every=monitor_every or max(1, steps // 100))
-    history = model.history = History()
-    cbs = CallbackList([monitor, *callbacks])
-    cbs.set_model(model)
-    model.stop_training = False
-    model.skip_step = False
-    run = Run(label, dict(config or {}), history=history, model=model)
+    recorder = _Recorder(run, steps, stop_after_nonfinite, explain)
+    loop = TrainingLoop(model, [recorder, monitor, *callbacks], epochs=2 ** 62, batch_size=batch_size,
+                        strategy=_LabBatches(seed), update=_lab_update(update),
+                        evaluate=lambda Xv, yv: evaluate(model, Xv, yv))
     run.initial_activations = activation_snapshot(model, Xc[:PROBE_ROWS])
-    rng = np.random.default_rng(np.random.SeedSequence([seed, 7]))
-    want_acc = "accuracy" in model.metrics
-    n, step, epoch, bad_since = len(Xc), 0, 0, None
     with np.errstate(all="ignore"):
-        cbs.on_train_begin()
-        while step < steps and not model.stop_training:
-            cbs.on_epoch_begin(epoch)
-            order = rng.permutation(n)
-            total, correct, seen = 0.0, 0, 0
-            for start in range(0, n, batch_size):      # whole epochs: the last one may pass the budget
-                if model.stop_training:
-                    break
-                idx = order[start:start + batch_size]
-                xb, yb = Xc[idx], model.backend.asarray(y[idx])
-                cbs.on_batch_begin(step)
-                value, out = model.train_step(xb, yb)
-                if explain and run.anomaly is None and not (math.isfinite(value) and
-                                                            model.backend.all_finite(model.flat_grads)):
-                    run.anomaly = explain_nonfinite(model, xb, yb)
-                    if run.anomaly is not None:
-                        run.notes.append(f"detect_anomaly at step {step}: {run.anomaly}")
-                cbs.on_backward_end(step, {"loss": value})
-                skipped, model.skip_step = model.skip_step, False
-                if not skipped:
-                    if update is not None:
-                        update(model, model.optimizer, step)
-                    else:
-                        model.optimizer.step()
-                cbs.on_batch_end(step, {"loss": value, "size": len(idx), "skipped": skipped})
-                run.step_loss.append(float(value))
-                total += value * len(idx)
-                seen += len(idx)
-                if want_acc:
-                    correct += model.loss.count_correct(out, yb)
-                if not math.isfinite(value) and bad_since is None:
-                    bad_since = step
-                step += 1
-                if bad_since is not None and step - bad_since >= stop_after_nonfinite:
-                    model.stop_training = True
-            logs = {"loss": total / max(seen, 1)}
-            if want_acc:
-                logs["accuracy"] = correct / max(seen, 1)
-            if validation_data is not None:
-                logs.update({f"val_{k}": v for k, v in evaluate(model, *validation_data).items()})
-            history.append(epoch, logs)
-            cbs.on_epoch_end(epoch, logs)
-            epoch += 1
-        cbs.on_train_end()
+        run.history = loop.run(Xc, np.asarray(y), validation_data)
         run.activations = activation_snapshot(model, Xc[:PROBE_ROWS])
-    run.metrics.update(steps_run=step, epochs_run=epoch, first_nonfinite_step=first_nonfinite(run.step_loss),
+    run.metrics.update(steps_run=loop.step, epochs_run=len(run.history),
+                       first_nonfinite_step=first_nonfinite(run.step_loss),
                        final_loss=run.step_loss[-1] if run.step_loss else math.nan)
     return run
 
@@ -167,14 +184,15 @@ def explain_nonfinite(model, xb, yb):
     first appeared, or None.  The replay recomputes the same gradients from the
     same weights, so the run goes on unchanged.
     """
-    from ..doctor.anomaly import enable
-    from ..errors import NonFiniteError
-
     scaler = model.loss_scaler
     saved = (model.skip_step, None if scaler is None else (scaler.scale, scaler.good_steps, scaler.overflows))
-    restore = enable(model)
+    checker, restore = enable(model)
     try:
-        model.train_step(xb, yb)
+        out = model.forward(xb, training=True)
+        value = model.loss.forward(out if scaler is None else out.astype(scaler.master_dtype), yb)
+        checker.check_loss(model, value, out, yb)
+        d_out = model.loss.backward()
+        model.backward(d_out if scaler is None else scaler.scale_loss_grad(d_out))
     except NonFiniteError as err:
         return err
     finally:
@@ -214,9 +232,6 @@ def predict_labels(model, X) -> np.ndarray:
 
 def activation_snapshot(model, x) -> dict:
     """Outputs of every activation layer on the probe batch ``x`` (evaluation mode)."""
-    from ..doctor._paths import leaf_layers
-    from ..layers.activations import Activation
-
     with np.errstate(all="ignore"):
         model.forward(x, training=False)
         out = {}
