@@ -342,6 +342,10 @@ class RobustScaler(_AffineScaler):
                 "quantile_range": list(self.quantile_range)}
 
 
+PREPROCESSORS = {cls.__name__: cls for cls in (Standardizer, MinMaxScaler, RobustScaler)}
+"""The preprocessors a checkpoint may name (loading looks classes up here, never on a module)."""
+
+
 # --------------------------------------------------------------------------- splits, labels
 def train_test_split(X, y=None, test_size=0.25, seed: int = 0, stratify: bool = False):
     """Shuffle and split into ``X_train, X_test, y_train, y_test``.

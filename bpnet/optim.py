@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import ConfigError, NotBuiltError
+from .validation import non_negative, positive, unknown_name
 
 
 class Optimizer:
@@ -208,11 +209,17 @@ def get_optimizer(spec) -> Optimizer:
         return spec
     if isinstance(spec, str) and spec.lower() in OPTIMIZERS:
         return OPTIMIZERS[spec.lower()]()
-    raise ConfigError(f"unknown optimizer {spec!r}; choose one of {sorted(OPTIMIZERS)} or pass an instance")
+    raise unknown_name("optimizer", spec, OPTIMIZERS, " or pass an Optimizer instance")
+
+
+OPTIMIZER_CLASSES = {c.__name__: c for c in (SGD, Adam, AdamW, RMSProp)}
 
 
 def optimizer_from_config(name: str, config: dict) -> Optimizer:
-    cls = {c.__name__: c for c in (SGD, Adam, AdamW, RMSProp)}[name]
+    """The optimizer ``name`` (a class name, e.g. "Adam") built from ``get_config()``'s output."""
+    if name not in OPTIMIZER_CLASSES:
+        raise unknown_name("optimizer class", name, OPTIMIZER_CLASSES)
+    cls = OPTIMIZER_CLASSES[name]
     if "betas" in config:
         config = {**config, "betas": tuple(config["betas"])}
     return cls(**config)

@@ -90,8 +90,10 @@ def test_not_a_checkpoint(tmp_path):
         bpnet.Sequential.load(path)
     path = tmp_path / "garbage.npz"
     path.write_bytes(b"definitely not a zip file")
-    with pytest.raises(CheckpointError, match="cannot read"):
+    with pytest.raises(CheckpointError, match="garbage.npz is not a bpnet checkpoint: it does not start like"):
         bpnet.Sequential.load(path)
+    with pytest.raises(CheckpointError, match="cannot read bpnet checkpoint .*missing.npz: No such file"):
+        bpnet.Sequential.load(tmp_path / "missing.npz")
 
 
 def test_damaged_checkpoint(tmp_path):
