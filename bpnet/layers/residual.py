@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..errors import ShapeError
-from .base import Layer, layer_from_config, layer_to_config
+from .base import LAYER_REGISTRY, Layer, layer_from_config, layer_to_config
 
 
 class Residual(Layer):
@@ -16,9 +16,8 @@ class Residual(Layer):
 
     def __init__(self, block, name: str | None = None):
         super().__init__(name)
-        if isinstance(block, (list, tuple)):
-            from ..model import Sequential
-            block = Sequential(list(block))
+        if isinstance(block, (list, tuple)):     # a list of layers becomes a Sequential block
+            block = LAYER_REGISTRY["Sequential"](list(block))
         self.block = block
 
     def sublayers(self):
