@@ -5,6 +5,10 @@ dU, db must agree with central differences to a relative error below 1e-6,
 for both output modes and sequence lengths from 1 to 33.
 """
 import math
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -301,3 +305,18 @@ def test_through_time_rule_on_a_handmade_history():
     assert not [f for f in diagnose(h) if f.code.endswith("THROUGH_TIME")]
     h.steps[0]["dh_norm/0/first"] = math.inf          # one exploded record at the start is enough
     assert [f.code for f in diagnose(h) if f.code.endswith("THROUGH_TIME")] == ["EXPLODING_THROUGH_TIME"]
+
+
+def test_example_08_rnn_by_hand(tmp_path):
+    script = Path(__file__).resolve().parents[1] / "examples" / "08_rnn_by_hand.py"
+    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    norms = [float(v) for v in re.findall(r"^ +\d+ +(\S+e[+-]\d+)", out, re.M)]
+    assert len(norms) == 8 and norms[-1] < norms[0]              # ∂L/∂h_t for t = 8..1, shrinking
+    assert float(re.search(r"max \|difference\| = (\S+)", out).group(1)) < 1e-12
+    errors = [float(e) for e in re.findall(r"^(?:input|W|U|b) +(\S+)", out, re.M)]
+    assert len(errors) == 4 and max(errors) < 1e-6
+    verdicts = re.findall(r"gain (\S+) +ρ\(U\) = (\S+) +ratio (\S+) +(\w+)", out)
+    assert [(g, v) for g, _, _, v in verdicts] == [("0.5", "vanishing"), ("1.0", "kept"), ("3.0", "exploding")]
+    assert all(float(rho) == pytest.approx(float(g), abs=0.01) for g, rho, _, _ in verdicts)
