@@ -79,4 +79,4 @@ def test_fit_options_and_model_tools_are_registered_by_the_modules_above():
     assert {"doctor", "detect_anomaly", "distributed"} <= set(training._FIT_OPTIONS)
     assert {"trace", "profile"} <= set(model._TOOLS)
     assert training._FIT_OPTIONS["doctor"].__module__ == "bpnet.doctor.callback"
-    assert training._FIT_OPTIONS["distributed"].__module__ == "bpnet.distributed"
+    assert training._FIT_OPTIONS["distributed"].__module__.startswith("bpnet.distributed")

@@ -155,14 +155,10 @@ def _dense_layers(model, layers):
     return chosen
 
 
-def _address(a):
-    iface = getattr(a, "__array_interface__", None) or a.__cuda_array_interface__
-    return iface["data"][0]
-
-
 def flat_slice(model, array):
     """The slice of ``model.flat_params`` that the parameter view ``array`` occupies."""
-    start = (_address(array) - _address(model.flat_params)) // array.dtype.itemsize
+    address = model.backend.address
+    start = (address(array) - address(model.flat_params)) // array.dtype.itemsize
     return slice(start, start + array.size)
 
 

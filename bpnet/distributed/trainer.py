@@ -1,62 +1,18 @@
-"""Data-parallel training over MPI (through mpi4py).
-
-Launch the same script on N processes (``mpirun -n N python train.py``).  Every
-rank holds a full replica of the model; per step each rank computes gradients on
-its own shard of the global batch, and one all-reduce over the flat gradient
-buffer averages them, so every replica applies the same update::
-
-    model.fit(X, y, batch_size=B, distributed=True)      # or:
-    DistributedTrainer(model).fit(X, y, batch_size=B)
-
-``batch_size`` is per rank: N ranks with batch B take the same optimizer steps,
-on the same samples, as one process with batch N·B.  Why the averaging is exact:
-every bpnet loss is a mean over the batch, L = (1/G) Σ_i ℓ_i over the G = N·B
-samples of a global batch, so
-
-    ∇L = (1/G) Σ_i ∇ℓ_i = (1/N) Σ_r (1/B) Σ_{i ∈ shard r} ∇ℓ_i = (1/N) Σ_r ∇L_r,
-
-the mean of the per-rank mean gradients.  A short last batch of m < G samples
-is split into shards of size m_r (differing by at most one); rank r then scales
-its gradient by N·m_r/m before the same all-reduce, which restores the global
-mean (1/m) Σ_r m_r ∇L_r.  Losses with class weights divide by the sum of the
-batch's weights w_r instead of its size, so their ranks are combined by
-N·w_r/Σ w instead, which is exact too.  (BatchNorm normalises each rank's
-shard by its own statistics and Dropout draws each rank's masks from its own
-generator: such models train correctly but are not covered by the
-bit-for-bit guarantee.)
-
-The protocol, step by step:
-
-1. start: rank 0's weights, BatchNorm buffers, optimizer state and random
-   generator states are broadcast (``comm.Bcast`` on ``model.flat_params``), so
-   every replica starts identical and shuffles with the same generator;
-2. each epoch: every rank draws the same permutation and takes its slice of
-   every global batch of N·B samples;
-3. each step: forward/backward on the shard, a small all-reduce of (loss sum,
-   correct, count, stop flag, loss-scaler overflow flag) for the logs, one
-   ``comm.Allreduce(MPI.IN_PLACE, model.flat_grads, op=MPI.SUM)`` then a scale
-   by 1/N, and the optimizer step, identical on every rank;
-4. only rank 0 shows progress bars and writes checkpoints; a checkpoint holds
-   the full replicated state, so a run can resume with another number of ranks;
-5. a rank that raises prints its rank and the error and calls ``comm.Abort``,
-   which ends every rank instead of leaving them waiting in a collective.
-"""
+"""``DistributedTrainer``: the MPI communicator side of data-parallel training (collectives, faults, loading)."""
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import sys
 import threading
 import time
 import traceback
-from contextlib import contextmanager
 
 import numpy as np
 
-from . import state, training
-from .errors import ConfigError, DataError, MissingDependencyError
-from .training import StepStats, Strategy
+from .. import state, training
+from ..errors import CheckpointError, ConfigError, DataError, MissingDependencyError
+from .strategy import MPIStrategy, _shard
 
 __all__ = ["DistributedTrainer", "load_model", "get_comm", "mpi_available"]
 
@@ -122,12 +78,6 @@ def find_mpiexec() -> str | None:
         if os.path.exists(os.path.join(here, name)):
             return os.path.join(here, name)
     return shutil.which("mpiexec") or shutil.which("mpirun")
-
-
-def _shard(m: int, size: int, rank: int) -> tuple[int, int]:
-    """Start and length of rank's part of m items split into ``size`` near-equal pieces."""
-    base, extra = divmod(m, size)
-    return rank * base + min(rank, extra), base + (rank < extra)
 
 
 class DistributedTrainer:
@@ -264,7 +214,7 @@ class DistributedTrainer:
     def save(self, path):
         """Rank 0 writes the (replicated) model atomically; every rank waits until it is written."""
         if self.is_root:
-            from .io import save_model
+            from ..io import save_model
             save_model(self.model, path)
         if self.size > 1:
             self.comm.Barrier()
@@ -344,116 +294,6 @@ class DistributedTrainer:
         return result
 
 
-class MPIStrategy(Strategy):
-    """The training loop's MPI side: shards of every global batch, and sums over the ranks.
-
-    Every rank draws the same permutation and takes its slice of each global
-    batch of N·B samples; after backward the per-step numbers (loss sum,
-    weight, correct, count, a pending stop, a loss-scaler overflow) and the
-    gradients are all-reduced, so every replica applies the same update.
-    """
-
-    def __init__(self, trainer: DistributedTrainer):
-        self.trainer = trainer
-        self.is_root = trainer.is_root
-        self.stops_at_once = trainer.size == 1
-        self._scaler_state = None
-        self._full = True
-
-    # -- around the whole of fit: watchdog, rank-0 checkpoints, abort on error ---------------
-    @contextmanager
-    def guard(self, loop):
-        t, model = self.trainer, loop.model
-        done = threading.Event()
-        if t.step_timeout is not None and t.size > 1:
-            threading.Thread(target=t._watchdog, args=(done,), daemon=True, name="bpnet-watchdog").start()
-        t._beat = time.monotonic()
-        t._where = "setup (data checks and the initial broadcast)"
-        patched_save = not t.is_root
-        if patched_save:
-            model.save = lambda path: None         # only rank 0 writes checkpoints
-        try:
-            yield
-        except BaseException as exc:
-            if t.size > 1:
-                t._abort(exc)
-            raise
-        finally:
-            done.set()
-            if patched_save:
-                del model.save
-
-    def prepare(self, loop, X, y):
-        t = self.trainer
-        if t.size > 1:
-            t._check_same_data(X, y)
-        t.broadcast_state()
-        self.X, self.y = X, y
-        self.global_batch = loop.batch_size * t.size
-
-    def steps_per_epoch(self, loop) -> int:
-        return -(-len(self.X) // self.global_batch)
-
-    def batches(self, loop, epoch):
-        t, n, gb, b = self.trainer, len(self.X), self.global_batch, loop.batch_size
-        order = loop.model.data_rng.permutation(n) if loop.shuffle else np.arange(n)
-        for i, lo in enumerate(range(0, n, gb)):
-            t._where = f"epoch {epoch + 1}, batch {i}"
-            t._beat = time.monotonic()
-            m = min(gb, n - lo)
-            self._full = m == gb
-            offset, count = (t.rank * b, b) if self._full else _shard(m, t.size, t.rank)
-            idx = order[lo + offset: lo + offset + count]
-            yield np.take(self.X, idx, axis=0), np.take(self.y, idx, axis=0)
-
-    def begin_step(self, loop):
-        scaler = loop.model.loss_scaler
-        self._scaler_state = (scaler.scale, scaler.good_steps, scaler.overflows) if scaler else None
-
-    def combine(self, loop, stats: StepStats) -> StepStats:
-        t, model = self.trainer, loop.model
-        # a stop asked for by any rank's callbacks in the previous step travels with the numbers
-        g_loss, g_correct, g_count, g_weight, g_stop, g_overflow = t.allreduce_scalars(
-            [stats.loss_sum, stats.correct, stats.count, stats.weight, float(model.stop_training),
-             float(model.skip_step)])
-        if g_stop:
-            return StepStats(loss=math.nan, stop=True)
-        scaler = model.loss_scaler
-        if scaler is not None and t.size > 1:      # every rank backs off (or not) alike
-            scaler.scale, scaler.good_steps, scaler.overflows = self._scaler_state
-            scaler.update(found_inf=bool(g_overflow))
-            model.skip_step = bool(g_overflow)
-        # rank r's gradient is ∇(Σ_r ℓ_i)/w_r; the global mean gradient is Σ_r w_r ∇_r / Σ w_r
-        equal = self._full and model.loss.batch_weight is None
-        t.allreduce_gradients(None if equal else t.size * stats.weight / g_weight)
-        return StepStats(loss=g_loss / g_weight, loss_sum=g_loss, weight=g_weight, correct=g_correct,
-                         count=int(g_count))
-
-    def end_epoch(self, loop):
-        self.trainer.average_buffers()
-        self.trainer._where = f"validation after epoch {loop.epoch + 1}"
-
-    def evaluate(self, loop, X, y) -> dict:
-        return self.trainer.evaluate(X, y, batch_size=max(loop.batch_size, 256))
-
-    def agree_to_stop(self, stop: bool) -> bool:
-        return bool(self.trainer.allreduce_scalars([float(stop)], self.trainer.MPI.MAX)[0])
-
-
-def _fit_plugin(loop, distributed, X, y):
-    """``fit(distributed=True)`` (or an mpi4py communicator): train through :class:`MPIStrategy`."""
-    if isinstance(loop.batch_size, bool) or not isinstance(loop.batch_size, (int, np.integer)) \
-            or loop.batch_size <= 0:
-        raise ConfigError(f"batch_size must be a positive integer (per rank), got {loop.batch_size!r}")
-    trainer = DistributedTrainer(loop.model, comm=None if distributed is True else distributed)
-    loop.strategy = MPIStrategy(trainer)
-    if not trainer.is_root:
-        loop.verbose = 0
-
-
-training.register_fit_option("distributed", _fit_plugin)
-
-
 def load_model(path, comm=None, backend=None):
     """Load a checkpoint on every rank: rank 0 reads the file and broadcasts its bytes.
 
@@ -461,8 +301,7 @@ def load_model(path, comm=None, backend=None):
     checkpoint holds the full replicated state, so it may come from a run with
     any number of ranks.
     """
-    from .errors import CheckpointError
-    from .io import model_from_checkpoint, parse_checkpoint
+    from ..io import model_from_checkpoint, parse_checkpoint
     comm = get_comm(comm)
     payload = None
     if comm.Get_rank() == 0:
