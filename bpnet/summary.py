@@ -14,7 +14,9 @@ def memory_estimate(model, batch_size: int) -> dict:
 
     Activations: every layer keeps its output (or input) for backward, and
     backward holds one gradient of the same size at a time, so the estimate
-    is 2 × Σ_layers batch × output size × itemsize.
+    is 2 × Σ_layers batch × output size × itemsize.  A layer that keeps more
+    than its output (an RNN keeps the state of every step) reports its
+    per-sample count with ``kept_size()``.
 
     Under mixed precision (a float16 model compiled with a ``LossScaler``) the
     optimizer state is float32, and the float32 master weights and gradients
@@ -27,8 +29,8 @@ def memory_estimate(model, batch_size: int) -> dict:
     scaler = getattr(model, "loss_scaler", None)
     master = scaler is not None and scaler.model is not None and scaler.separate_master
     state_item = scaler.master_dtype.itemsize if master else item
-    act = sum(batch_size * math.prod(layer.output_shape) for layer in model.walk()
-              if layer is not model and layer.output_shape)
+    act = sum(batch_size * (layer.kept_size() if hasattr(layer, "kept_size") else math.prod(layer.output_shape))
+              for layer in model.walk() if layer is not model and layer.output_shape)
     act += batch_size * math.prod(model.input_shape)
     out = {"parameters": n_params * item, "gradients": n_params * item,
            "optimizer_state": n_state * n_params * state_item, "activations": 2 * act * item}

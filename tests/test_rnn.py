@@ -218,6 +218,8 @@ def test_save_load_summary_and_trace(tmp_path):
     seq.build((7, 2))
     assert seq.layers[0].output_shape == (7, 5)
     assert "('batch', 7, 5)" in seq.summary(print_fn=None)
+    act = model.memory_estimate(32)["activations"]         # 2 x (input 7·2, states 8·5, logits 3) x 8 bytes
+    assert act == 2 * 32 * (7 * 2 + 8 * 5 + 3) * 8
     rows = model.trace(x, print_fn=None)
     assert [r["shape"] for r in rows] == [(6, 7, 2), (6, 5), (6, 3)]
     assert rows[1]["max"] <= 1.0 and rows[1]["min"] >= -1.0                 # tanh states

@@ -150,6 +150,10 @@ class RNN(Layer):
         U = np.asarray(self.backend.to_numpy(self.params["U"]), dtype=np.float64)
         return float(np.abs(np.linalg.eigvals(U)).max()) if np.isfinite(U).all() else float("nan")
 
+    def kept_size(self) -> int:
+        """Values per sample that forward keeps for backward: the T + 1 states h_0..h_T."""
+        return (self.input_shape[0] + 1) * self.units
+
     def reset_parameters(self, rng, init=None):
         """Draw fresh W (with ``init`` or the layer's own initialiser) and U, and zero b."""
         for key, spec in (("W", init or self.init), ("U", self.recurrent_init)):
