@@ -11,9 +11,13 @@ import argparse
 import importlib
 import inspect
 import json
+import math
 import os
 import sys
 
+import numpy as np
+
+from . import cli_args as types
 from .callbacks import Callback
 from .errors import BpnetError, ConfigError
 
@@ -55,6 +59,11 @@ def main(argv=None) -> int:
         return 1
 
 
+def _formatter(prog):
+    """Help with every flag's default shown (argparse's formatter, a little wider)."""
+    return argparse.ArgumentDefaultsHelpFormatter(prog, max_help_position=32)
+
+
 # --------------------------------------------------------------------------- bpnet train
 def _load_dataset(name: str, seed: int):
     from . import data
@@ -63,47 +72,49 @@ def _load_dataset(name: str, seed: int):
                "spirals": lambda: data.make_spirals(600, n_classes=3, noise=0.2, seed=seed),
                "moons": lambda: data.make_moons(400, noise=0.15, seed=seed),
                "xor": lambda: data.xor(400, noise=0.15, seed=seed)}
-    if name not in loaders:
-        raise ConfigError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     return loaders[name]()
-
-
-def _hidden(spec) -> list[int]:
-    if isinstance(spec, (list, tuple)):
-        units = [int(u) for u in spec]
-    else:
-        text = str(spec).strip()
-        units = [int(u) for u in text.replace(" ", "").split(",") if u] if text not in ("", "none") else []
-    if any(u <= 0 for u in units):
-        raise ConfigError(f"--hidden {spec!r}: layer sizes must be positive integers, e.g. 64,64")
-    return units
 
 
 def _read_config(path) -> dict:
     """A JSON or TOML file of ``train`` options (keys as the flags, '-' or '_')."""
-    with open(path, "rb") as fh:
-        raw = fh.read()
-    if str(path).endswith(".toml"):
-        import tomllib
-        cfg = tomllib.loads(raw.decode())
-        cfg = cfg.get("train", cfg)
-    else:
-        cfg = json.loads(raw.decode())
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read()
+    except OSError as exc:
+        raise ConfigError(f"--config {path}: cannot read it ({exc.strerror or exc})") from None
+    try:
+        if str(path).endswith(".toml"):
+            import tomllib
+            cfg = tomllib.loads(raw.decode())
+            cfg = cfg.get("train", cfg)
+        else:
+            cfg = json.loads(raw.decode())
+    except ValueError as exc:              # TOMLDecodeError and JSONDecodeError are ValueErrors
+        kind = "TOML" if str(path).endswith(".toml") else "JSON"
+        raise ConfigError(f"--config {path}: not valid {kind} ({exc})") from None
     if not isinstance(cfg, dict):
         raise ConfigError(f"{path}: the config must be a table/object of options")
     return {str(k).replace("-", "_"): v for k, v in cfg.items()}
 
 
 def _apply_config(parser, args, argv):
-    """Re-parse ``argv`` with the config file's options as the subcommand's defaults."""
+    """Re-parse ``argv`` with the config file's options as the subcommand's defaults.
+
+    Values of typed flags go in as text, so argparse checks them exactly as it
+    checks the same flag on the command line.
+    """
     sub = args._parser
     cfg = _read_config(args.config)
-    known = {a.dest for a in sub._actions} - {"help", "config"}
-    unknown = sorted(set(cfg) - known)
+    actions = {a.dest: a for a in sub._actions if a.dest not in ("help", "config")}
+    unknown = sorted(set(cfg) - set(actions))
     if unknown:
-        raise ConfigError(f"{args.config}: unknown option(s) {unknown}; known: {sorted(known)}")
-    if isinstance(cfg.get("hidden"), (list, tuple)):
-        cfg["hidden"] = ",".join(str(u) for u in cfg["hidden"])
+        raise ConfigError(f"{args.config}: unknown option(s) {unknown}; known: {sorted(actions)}")
+    for key, value in cfg.items():
+        if isinstance(value, (list, tuple)):
+            value = ",".join(str(u) for u in value)
+        if actions[key].type is not None and value is not None:
+            value = str(value)
+        cfg[key] = value
     sub.set_defaults(**cfg)              # the file fills the defaults; flags on the line win
     return parser.parse_args(argv)
 
@@ -120,83 +131,135 @@ class _EpochPrinter(Callback):
 
 
 def _train(args) -> int:
-    from . import Dense, Sequential
-    from .callbacks import ModelCheckpoint
-    from .data import Standardizer, train_test_split
-    from .layers import ACTIVATION_LAYERS
-    from .optim import OPTIMIZERS
-
-    if args.activation not in ACTIVATION_LAYERS:
-        raise ConfigError(f"--activation {args.activation!r}: choose one of {', '.join(sorted(ACTIVATION_LAYERS))}")
-    if args.optimizer.lower() not in OPTIMIZERS:
-        raise ConfigError(f"--optimizer {args.optimizer!r}: choose one of {', '.join(sorted(OPTIMIZERS))}")
     X, y = _load_dataset(args.dataset, args.seed)
+    from .data import Standardizer, train_test_split
     X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=args.test_size, seed=args.seed,
                                                         stratify=True)
     scaler = Standardizer().fit(X_train)           # statistics of the training split only
     X_train, X_test = scaler.transform(X_train), scaler.transform(X_test)
     n_classes = int(y.max()) + 1
-
-    layers = []
-    for units in _hidden(args.hidden):
-        layers += [Dense(units, init=args.init), ACTIVATION_LAYERS[args.activation]()]
-    layers.append(Dense(n_classes))
-    model = Sequential(layers, seed=args.seed, backend=args.backend)
-    opt_cls = OPTIMIZERS[args.optimizer.lower()]
-    optimizer = opt_cls(lr=args.lr) if args.lr is not None else opt_cls()
-    model.compile(loss="cross_entropy", optimizer=optimizer)
+    model = _build_model(args, n_classes)
     model.preprocessor = scaler
 
     callbacks = [] if args.quiet else [_EpochPrinter(args.epochs)]
     if args.checkpoint:
+        from .callbacks import ModelCheckpoint
         callbacks.append(ModelCheckpoint(args.checkpoint, monitor="val_loss", save_best_only=True))
-    fit_kwargs = {}
-    accepted = inspect.signature(model.fit).parameters
-    for flag, key in (("doctor", "doctor"), ("detect_anomaly", "detect_anomaly")):
-        if getattr(args, flag):
-            if key not in accepted:
-                raise ConfigError(f"--{flag.replace('_', '-')} needs the bpnet doctor, which this "
-                                  "installation does not have")
-            fit_kwargs[key] = True
-    history = model.fit(X_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
-                        validation_split=args.val_split if args.val_split > 0 else 0.0,
-                        callbacks=callbacks, verbose=0, **fit_kwargs)
-    result = model.evaluate(X_test, y_test)
+    # a diverging run overflows in every matmul; NumPy's warnings say nothing the run's own
+    # numbers (and the doctor's NONFINITE_LOSS finding) do not say better, so they stay quiet
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+        history = model.fit(X_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
+                            validation_split=args.val_split, callbacks=callbacks, verbose=0,
+                            **_doctor_kwargs(args, model))
+        result = model.evaluate(X_test, y_test)
     print(f"dataset {args.dataset}: {len(X_train)} train / {len(X_test)} test samples, "
           f"{X.shape[1]} features, {n_classes} classes")
     print(f"test loss {result['loss']:.4f}  test accuracy {result['accuracy']:.4f}")
+    _report_nonfinite(history, args)
     if args.checkpoint:
-        print(f"best checkpoint (lowest val_loss): {args.checkpoint}")
-    if args.history_out:
-        history.to_json(args.history_out)
-        print(f"history written to {args.history_out}")
+        print(f"best checkpoint (lowest val_loss) written to {args.checkpoint}")
+    _write_outputs(args, model, history, X_test)
     return 0
+
+
+def _write_outputs(args, model, history, X_probe):
+    """``--history-out`` (with the activation histograms, for ``bpnet doctor --html``) and ``--html``."""
+    histograms = None
+    if args.history_out or args.html:
+        from .doctor.report import activation_histograms
+        histograms = activation_histograms(model, X_probe[:256])
+    if args.history_out:
+        record = json.loads(history.to_json())
+        record["activation_histograms"] = histograms
+        with open(args.history_out, "w") as fh:
+            json.dump(record, fh, indent=1)
+        print(f"history written to {args.history_out}")
+    if args.html:
+        history.report(args.html, histograms=histograms, title=f"bpnet train --dataset {args.dataset}")
+        print(f"HTML report written to {args.html}")
+
+
+def _build_model(args, n_classes):
+    from . import Dense, Sequential
+    from .layers import ACTIVATION_LAYERS
+    from .optim import OPTIMIZERS
+    layers = []
+    for units in args.hidden:
+        layers += [Dense(units, init=args.init), ACTIVATION_LAYERS[args.activation]()]
+    layers.append(Dense(n_classes))
+    model = Sequential(layers, seed=args.seed, backend=args.backend)
+    opt_cls = OPTIMIZERS[args.optimizer]
+    model.compile(loss="cross_entropy", optimizer=opt_cls(lr=args.lr) if args.lr is not None else opt_cls())
+    return model
+
+
+def _doctor_kwargs(args, model) -> dict:
+    accepted = inspect.signature(model.fit).parameters
+    kwargs = {}
+    for flag in ("doctor", "detect_anomaly"):
+        if getattr(args, flag):
+            if flag not in accepted:
+                raise ConfigError(f"--{flag.replace('_', '-')} needs the bpnet doctor, which this "
+                                  "installation does not have")
+            kwargs[flag] = True
+    return kwargs
+
+
+def _report_nonfinite(history, args):
+    """Say so when the training loss went NaN/Inf (NumPy's overflow warnings were silenced)."""
+    losses = history.history.get("loss", [])
+    bad = [i for i, v in enumerate(losses) if not math.isfinite(v)]
+    if not bad:
+        return
+    print(f"the training loss became NaN/Inf in epoch {bad[0] + 1} (NumPy's overflow warnings are "
+          "not shown); " + ("see the doctor's NONFINITE_LOSS finding above" if args.doctor else
+                            "rerun with --doctor to diagnose it, or --detect-anomaly to name the layer"))
+
+
+def _add_train_arguments(p):
+    from .init import INITIALIZERS
+    from .layers import ACTIVATION_LAYERS
+    from .optim import OPTIMIZERS
+    p.add_argument("--config", metavar="FILE", help="JSON or TOML file of options (flags given override it)")
+    p.add_argument("--dataset", default="digits", type=types.choice("data set", DATASETS),
+                   metavar="NAME", help="built-in data set: " + ", ".join(DATASETS))
+    p.add_argument("--hidden", default="64,64", type=types.hidden_sizes, metavar="SIZES",
+                   help="hidden layer sizes, comma separated; 'none' for no hidden layer")
+    p.add_argument("--activation", default="relu", type=types.choice("activation", ACTIVATION_LAYERS),
+                   metavar="NAME", help="hidden activation: " + ", ".join(ACTIVATION_LAYERS))
+    p.add_argument("--init", default="he_normal", type=types.choice("initialiser", INITIALIZERS),
+                   metavar="NAME", help="weight initialiser of the hidden layers")
+    p.add_argument("--optimizer", default="adam", type=types.choice("optimizer", OPTIMIZERS),
+                   metavar="NAME", help="optimizer: " + ", ".join(OPTIMIZERS))
+    p.add_argument("--lr", type=types.positive_float, default=None,
+                   help="learning rate; None uses the optimizer's own default")
+    p.add_argument("--epochs", type=types.positive_int, default=20, help="passes over the training data")
+    p.add_argument("--batch-size", type=types.positive_int, default=32, help="samples per training step")
+    p.add_argument("--seed", type=types.non_negative_int, default=0,
+                   help="one seed for the split, the weights and the shuffling")
+    p.add_argument("--test-size", type=types.fraction(low_inclusive=False), default=0.2,
+                   help="fraction held out for the test score")
+    p.add_argument("--val-split", type=types.fraction(low_inclusive=True), default=0.1,
+                   help="fraction of the training split used for validation (0: none)")
+    p.add_argument("--backend", default=None, choices=("numpy", "numba", "cupy"),
+                   help="array backend; None: $BPNET_BACKEND, else numba when installed")
+    p.add_argument("--doctor", action="store_true", help="monitor the run and print the diagnosis")
+    p.add_argument("--detect-anomaly", action="store_true", help="stop at the first NaN/Inf, naming the layer")
+    p.add_argument("--checkpoint", metavar="PATH", type=types.output_path,
+                   help="save the best model (lowest val_loss) here")
+    p.add_argument("--history-out", metavar="PATH", type=types.output_path,
+                   help="write the training history as JSON (for `bpnet doctor`)")
+    p.add_argument("--html", metavar="PATH", type=types.output_path,
+                   help="write a self-contained HTML diagnosis report of the run")
+    p.add_argument("--quiet", action="store_true", help="do not print a line per epoch")
 
 
 @register_subcommand
 def _register_train(sub):
-    p = sub.add_parser("train", help="train an MLP on a built-in data set",
+    p = sub.add_parser("train", help="train an MLP on a built-in data set", formatter_class=_formatter,
                        description="Train a multilayer perceptron on a built-in data set. Features are "
                                    "standardised with statistics of the training split.")
-    p.add_argument("--config", metavar="FILE", help="JSON or TOML file of options (flags given override it)")
-    p.add_argument("--dataset", default="digits", choices=DATASETS)
-    p.add_argument("--hidden", default="64,64", help="hidden layer sizes, comma separated (default 64,64)")
-    p.add_argument("--activation", default="relu")
-    p.add_argument("--init", default="he_normal", help="weight initialiser of the hidden layers")
-    p.add_argument("--optimizer", default="adam")
-    p.add_argument("--lr", type=float, default=None, help="learning rate (default: the optimizer's)")
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--test-size", type=float, default=0.2, help="fraction held out for the test score")
-    p.add_argument("--val-split", type=float, default=0.1, help="fraction of training data for validation")
-    p.add_argument("--backend", default=None, choices=("numpy", "numba", "cupy"),
-                   help="array backend (default: $BPNET_BACKEND, else numba when installed)")
-    p.add_argument("--doctor", action="store_true", help="monitor the run and print the diagnosis")
-    p.add_argument("--detect-anomaly", action="store_true", help="stop at the first NaN/Inf, naming the layer")
-    p.add_argument("--checkpoint", metavar="PATH", help="save the best model (lowest val_loss) here")
-    p.add_argument("--history-out", metavar="PATH", help="write the training history as JSON")
-    p.add_argument("--quiet", action="store_true", help="do not print a line per epoch")
+    _add_train_arguments(p)
     p.set_defaults(func=_train, _parser=p)
 
 
@@ -242,7 +305,19 @@ def _doctor(args) -> int:
             print(finding)
     elif not findings:
         print("no problems found")
+    if args.html:
+        extras = _record_extras(args.run)
+        history.report(args.html, findings=list(findings) + recorded, title=os.path.basename(args.run),
+                       histograms=extras.get("activation_histograms"), repairs=extras.get("repairs"))
+        print(f"HTML report written to {args.html}")
     return 0
+
+
+def _record_extras(path) -> dict:
+    """What a run record holds beyond the History: activation histograms, repair attempts."""
+    with open(path) as fh:
+        record = json.load(fh)
+    return {k: record.get(k) for k in ("activation_histograms", "repairs")}
 
 
 def _recorded_findings(history) -> list:
@@ -264,9 +339,12 @@ def _recorded_findings(history) -> list:
 
 @register_subcommand
 def _register_doctor(sub):
-    p = sub.add_parser("doctor", help="diagnose a saved training run",
+    p = sub.add_parser("doctor", help="diagnose a saved training run", formatter_class=_formatter,
                        description="Load a History saved with history.to_json(path) and print the diagnosis.")
-    p.add_argument("run", metavar="RUN.json", nargs="?")
+    p.add_argument("run", metavar="RUN.json", nargs="?",
+                   help="a run saved by `bpnet train --history-out` or history.to_json(path)")
+    p.add_argument("--html", metavar="PATH", type=types.output_path,
+                   help="also write a self-contained HTML report: diagnosis, findings, curves, gradients")
     p.add_argument("--env", action="store_true",
                    help="print versions, BLAS, threads and backend choice (bpnet.show_versions)")
     p.set_defaults(func=_doctor)

@@ -72,13 +72,87 @@ def test_config_file_json_and_toml_with_flags_overriding(tmp_path, capsys):
     assert rc == 1 and "unknown option(s) ['epochz']" in capsys.readouterr().err
 
 
-def test_train_rejects_bad_options(capsys):
-    assert main(["train", "--hidden", "64,-1"] + FAST) == 1
-    assert "positive integers" in capsys.readouterr().err
-    assert main(["train", "--activation", "swish"] + FAST) == 1
-    assert "choose one of" in capsys.readouterr().err
+@pytest.mark.parametrize("flags, message", [
+    (["--hidden", "128x64"], "layer sizes must be positive integers"),
+    (["--hidden", "1.5"], "layer sizes must be positive integers"),
+    (["--hidden", "64,-1"], "layer sizes must be positive integers"),
+    (["--hidden", ""], "it is empty"),
+    (["--epochs", "0"], "--epochs: '0': must be at least 1"),
+    (["--epochs", "-1"], "must be at least 1"),
+    (["--batch-size", "0"], "--batch-size: '0': must be at least 1"),
+    (["--lr", "-0.1"], "above 0"),
+    (["--test-size", "1.5"], "fraction in (0, 1)"),
+    (["--activation", "swish"], "unknown activation 'swish'"),
+    (["--optimizer", "adm"], "did you mean 'adam'?"),
+    (["--dataset", "irs"], "unknown data set 'irs'; did you mean 'iris'?"),
+    (["--dataset", "mnist"], "choose from digits, iris"),
+    (["--history-out", "/no/such/dir/run.json"], "the folder /no/such/dir does not exist"),
+])
+def test_train_rejects_bad_options_before_training(flags, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["train"] + flags + FAST)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and message in err and "Traceback" not in err
+    assert err.startswith("usage: bpnet train")
+
+
+def test_bad_config_files_give_a_clear_error(tmp_path, capsys):
+    assert main(["train", "--config", str(tmp_path / "nope.toml")] + FAST) == 1
+    err = capsys.readouterr().err
+    assert "--config" in err and "nope.toml: cannot read it (No such file or directory)" in err
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[train\nepochs = 3\n")
+    assert main(["train", "--config", str(broken)] + FAST) == 1
+    assert "not valid TOML" in capsys.readouterr().err
+    zero = tmp_path / "zero.json"
+    zero.write_text(json.dumps({"epochs": 0}))             # checked like the flag
     with pytest.raises(SystemExit):
-        main(["train", "--dataset", "mnist"])
+        main(["train", "--config", str(zero)] + FAST)
+    assert "must be at least 1" in capsys.readouterr().err
+
+
+def test_every_train_flag_has_help_and_shows_its_default(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for flag, default in [("--dataset", "digits"), ("--hidden", "64,64"), ("--activation", "relu"),
+                          ("--optimizer", "adam"), ("--epochs", "20"), ("--batch-size", "32"),
+                          ("--seed", "0"), ("--init", "he_normal"), ("--val-split", "0.1")]:
+        assert re.search(re.escape(flag) + r" \S+ (?:(?! --).)*\(default: " + re.escape(default) + r"\)", out), flag
+    from bpnet.cli import build_parser
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    assert all(a.help for a in train._actions), [a.dest for a in train._actions if not a.help]
+
+
+def test_train_without_scikit_learn_on_the_bundled_iris(monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "sklearn", None)     # a plain install: no scikit-learn
+    rc = main(["train", "--dataset", "iris", "--hidden", "16", "--epochs", "60", "--lr", "0.01"] + FAST)
+    out = capsys.readouterr().out
+    assert rc == 0 and "dataset iris: 120 train / 30 test samples, 4 features, 3 classes" in out
+    assert accuracy(out) >= 0.85
+
+
+def test_a_healthy_doctor_run_says_so(tmp_path, capsys):
+    pytest.importorskip("bpnet.doctor")
+    rc = main(["train", "--dataset", "moons", "--hidden", "16", "--epochs", "5", "--doctor"] + FAST)
+    out = capsys.readouterr().out
+    assert rc == 0 and "doctor: no problems found" in out
+
+
+def test_a_diverging_run_leaks_no_numpy_warnings_and_says_what_happened(tmp_path, capsys):
+    import warnings
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rc = main(["train", "--dataset", "moons", "--optimizer", "sgd", "--lr", "50", "--epochs", "3"] + FAST)
+    out = capsys.readouterr().out
+    assert rc == 0 and not [w for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert "the training loss became NaN/Inf in epoch 1" in out and "--doctor" in out
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        main(["train", "--dataset", "moons", "--optimizer", "sgd", "--lr", "50", "--epochs", "3", "--doctor"] + FAST)
+    out = capsys.readouterr().out
+    assert not [w for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert "NONFINITE_LOSS" in out and "see the doctor's NONFINITE_LOSS finding above" in out
 
 
 def test_doctor_and_anomaly_flags_reach_fit(monkeypatch, capsys):
@@ -185,6 +259,27 @@ def test_lab_hook(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "bpnet.lab.cli", stub)
     assert main(["lab", "dead-relu"]) == 0
     assert capsys.readouterr().out == "lab dead-relu\n"
+
+
+def test_lab_suggests_the_nearest_scenario_and_checks_outputs_first(tmp_path, capsys):
+    pytest.importorskip("bpnet.lab")
+    assert main(["lab", "show", "dying"]) == 1
+    assert "no lab scenario called 'dying'; did you mean 'dying_relu'?" in capsys.readouterr().err
+    assert main(["lab", "run", "exploding"]) == 1
+    assert "did you mean 'exploding_init'?" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:                 # refused before the scenario runs
+        main(["lab", "run", "lr_too_high", "--plot", str(tmp_path / "missing" / "x.png")])
+    assert exc.value.code == 2 and "does not exist" in capsys.readouterr().err
+
+
+def test_lab_run_says_where_it_wrote(tmp_path, capsys):
+    pytest.importorskip("bpnet.lab")
+    pytest.importorskip("matplotlib")
+    out_json, out_png = tmp_path / "r.json", tmp_path / "r.png"
+    assert main(["lab", "run", "lr_too_high", "--json", str(out_json), "--plot", str(out_png)]) == 0
+    out = capsys.readouterr().out
+    assert f"results written to {out_json}" in out and f"plot written to {out_png}" in out
+    assert json.loads(out_json.read_text())[0]["scenario"] == "lr_too_high" and out_png.stat().st_size > 5000
 
 
 def test_no_command_prints_help_and_module_entry_point(capsys):

@@ -16,10 +16,14 @@ import json
 import math
 import sys
 
+from .. import cli_args as types
+from ..errors import ConfigError
+
 
 def register(subparsers) -> argparse.ArgumentParser:
     """Add the ``lab`` command (with ``list``, ``show``, ``run``) to a subparsers object."""
     p = subparsers.add_parser("lab", help="reproduce classic backprop failures, diagnose and repair them",
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                               description="The failure lab: each scenario makes one classic failure happen, "
                                           "lets the doctor name it, and applies the standard remedy.")
     _build(p)
@@ -32,14 +36,16 @@ def _build(p):
     ls = sub.add_parser("list", help="the scenarios, with the doctor code each should produce")
     ls.set_defaults(func=_list)
     show = sub.add_parser("show", help="a scenario's mechanism, configurations and checks")
-    show.add_argument("name")
+    show.add_argument("name", help="scenario name (see `bpnet lab list`)")
     show.set_defaults(func=_show)
-    run = sub.add_parser("run", help="run one scenario (or --all) and print the verdict")
+    run = sub.add_parser("run", help="run one scenario (or --all) and print the verdict",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     run.add_argument("name", nargs="?", help="scenario name (see `bpnet lab list`)")
     run.add_argument("--all", action="store_true", help="run every scenario and print a summary table")
-    run.add_argument("--seed", type=int, default=0, help="the one seed of the runs (default 0)")
-    run.add_argument("--plot", metavar="PNG", help="save broken vs repaired curves to this PNG (one scenario)")
-    run.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    run.add_argument("--seed", type=types.non_negative_int, default=0, help="the one seed of the runs")
+    run.add_argument("--plot", metavar="PNG", type=types.output_path,
+                     help="save broken vs repaired curves to this PNG (one scenario)")
+    run.add_argument("--json", metavar="FILE", type=types.output_path, help="write the results as JSON")
     run.set_defaults(func=_run)
 
 
@@ -55,14 +61,23 @@ def _list(args) -> int:
     return 0
 
 
+def _scenario(name: str):
+    """The scenario called ``name``, or a ConfigError that suggests the nearest name."""
+    from . import get, scenarios
+    names = [s.name for s in scenarios()]
+    if name not in names:
+        raise ConfigError(f"no lab scenario called {name!r}{types.did_you_mean(name, names)} "
+                          "(`bpnet lab list` lists them)")
+    return get(name)
+
+
 def _show(args) -> int:
-    from . import get
-    print(get(args.name).describe())
+    print(_scenario(args.name).describe())
     return 0
 
 
 def _run(args) -> int:
-    from . import get, run_all, summary_table
+    from . import run_all, summary_table
     if args.all == bool(args.name):
         raise SystemExit("bpnet lab run: give one scenario NAME or --all")
     if args.all:
@@ -78,16 +93,17 @@ def _run(args) -> int:
         print(f"\n{sum(r.ok for r in results)}/{len(results)} scenarios passed all three checks "
               f"(seed {args.seed}, {total:.1f} s)")
     else:
-        result = get(args.name).run(args.seed)
+        result = _scenario(args.name).run(args.seed)
         results = [result]
         print(result.summary())
         if args.plot:
             from .plot import plot_result
             plot_result(result, args.plot)
-            print(f"plot: {args.plot}")
+            print(f"plot written to {args.plot}")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(_plain([r.to_dict() for r in results]), fh, indent=1)
+        print(f"results written to {args.json}")
     return 0 if all(r.ok for r in results) else 1
 
 
