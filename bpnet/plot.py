@@ -11,6 +11,7 @@ import math
 import numpy as np
 
 from .errors import ConfigError
+from .history import History
 
 _SKIP = {"time", "lr"}
 
@@ -91,6 +92,8 @@ def plot_grad_norms(history, path=None, which: str = "layers", prefix: str = "gr
     names = sorted(chosen, key=order) + (["total"] if "total" in keys else [])
     x = np.asarray([r.get("step", i) for i, r in enumerate(steps)], dtype=float)
     fig, (ax,) = _figure(size=(7.0, 4.2))
+    layers = [n for n in names if n != "total"]
+    colours = layer_colours(fig, ax, layers)
     bad_x = []
     for name in names:
         key = prefix + name
@@ -98,7 +101,8 @@ def plot_grad_norms(history, path=None, which: str = "layers", prefix: str = "gr
         y = np.asarray([_as_float(r.get(key)) for r in steps])
         ok = present & np.isfinite(y) & (y > 0)
         bad_x += list(x[present & ~ok])
-        style = {"color": "black", "linewidth": 2.0} if name == "total" else {"linewidth": 1.2}
+        style = {"color": "black", "linewidth": 2.0} if name == "total" else \
+            {"linewidth": 1.2, "color": colours[name]}
         ax.plot(x[ok], y[ok], label=name, **style)
     if bad_x:
         ax.plot(bad_x, np.full(len(bad_x), 0.02), "|", color="red", markersize=12,
@@ -108,8 +112,42 @@ def plot_grad_norms(history, path=None, which: str = "layers", prefix: str = "gr
     ax.set_ylabel("gradient norm")
     ax.set_title("gradient norm per layer" if which == "layers" else "gradient norms")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize="small", ncol=max(1, len(names) // 8))
+    _legend_for_extras(ax, layers)
     return _save(fig, path)
+
+
+def layer_colours(fig, ax, names, label: str = "layer") -> dict:
+    """One viridis colour per layer name, in order, with a colour bar beside ``ax`` naming them.
+
+    Returns ``{name: colour}``.  With many layers the colour bar labels every
+    few (always the first and the last), so each curve can still be read off
+    by its colour.
+    """
+    from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import BoundaryNorm, ListedColormap
+    names = list(names)
+    if not names:
+        return {}
+    base = colormaps["viridis"]
+    colours = [base(0.5) if len(names) == 1 else base(j / (len(names) - 1)) for j in range(len(names))]
+    mappable = ScalarMappable(norm=BoundaryNorm(np.arange(len(names) + 1) - 0.5, len(names)),
+                              cmap=ListedColormap(colours))
+    bar = fig.colorbar(mappable, ax=ax, pad=0.01, fraction=0.05, aspect=30)
+    every = max(1, math.ceil(len(names) / 12))
+    ticks = sorted(set(range(0, len(names), every)) | {len(names) - 1})
+    bar.set_ticks(ticks, labels=[str(names[t]) for t in ticks])
+    bar.ax.tick_params(labelsize="small")
+    bar.set_label(label)
+    return dict(zip(names, colours))
+
+
+def _legend_for_extras(ax, layer_names):
+    """A legend for what the colour bar does not name (the total, the red markers)."""
+    handles = [h for h in ax.get_lines() if h.get_label() not in set(layer_names)
+               and not h.get_label().startswith("_")]
+    if handles:
+        ax.legend(handles=handles, fontsize="small")
 
 
 def _as_float(value):
@@ -171,3 +209,6 @@ def plot_lr(history, path=None):
 
 
 __all__ = ["plot_history", "plot_grad_norms", "plot_activation_histograms", "plot_lr"]
+
+
+History._plotter = plot_history     # what History.plot(path) calls

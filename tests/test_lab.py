@@ -291,8 +291,9 @@ def test_plot_result_writes_a_png(tmp_path):
     path = tmp_path / "lab.png"
     fig = plot_result(result("exploding_init"), path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 20_000
-    assert len(fig.axes) == 6
-    assert "log10" in fig.axes[4].get_xlabel()                 # exploding activations: orders of magnitude
+    panels = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]   # and one colour bar per gradient panel
+    assert len(panels) == 6 and len(fig.axes) == 8
+    assert "log10" in panels[4].get_xlabel()                   # exploding activations: orders of magnitude
 
 
 def test_cli_list(capsys):

@@ -107,3 +107,56 @@ def test_plot_activation_histograms_shows_dead_units(run, tmp_path):
     dead.layers[0].params["b"][:] = -100.0
     fig = plot_activation_histograms(dead, X)
     assert "zero 100%" in fig.axes[1].get_title()
+
+
+def colour_bar_labels(fig):
+    bars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+    assert len(bars) == 1
+    return [t.get_text() for t in bars[0].get_yticklabels()]
+
+
+def test_plot_grad_norms_names_every_layer_on_a_colour_bar():
+    h = History()
+    for step in range(5):
+        h.steps.append({"step": step, **{f"grad_norm/{i}": 10.0 ** -i for i in range(0, 20, 2)}})
+    fig = plot_grad_norms(h)
+    labels = colour_bar_labels(fig)
+    assert labels[0] == "0" and labels[-1] == "18"                        # the first and the last layer
+    assert set(labels) <= {str(i) for i in range(0, 20, 2)} and len(labels) >= 5
+    lines = {line.get_label(): line for line in fig.axes[0].get_lines()}
+    assert lines["0"].get_color() != lines["18"].get_color()              # a colour per layer
+    assert fig.axes[0].get_legend() is None                              # nothing else to name
+
+
+@pytest.fixture(scope="module")
+def exploding():
+    lab = pytest.importorskip("bpnet.lab")
+    return lab.run("exploding_init", seed=0, variants=False)
+
+
+def test_lab_plot_marks_the_first_nan_at_one_step_in_both_panels(exploding):
+    from bpnet.lab.plot import first_nonfinite, plot_result
+    fig = plot_result(exploding)
+    panels = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+    loss_ax, grad_ax = panels[0], panels[2]                              # the broken run's column
+    step, _ = first_nonfinite(exploding.broken)
+
+    def marker(ax):
+        marks = [line for line in ax.get_lines() if line.get_label().startswith("first NaN/Inf")]
+        assert len(marks) == 1
+        return marks[0].get_xdata()[0], marks[0].get_label()
+    assert marker(loss_ax) == marker(grad_ax) and marker(loss_ax)[0] == step
+    # it is the earliest non-finite signal: no loss and no gradient norm is NaN/Inf before it
+    assert all(math.isfinite(v) for v in exploding.broken.step_loss[:step])
+    assert all(math.isfinite(v) for r in exploding.broken.history.steps if r["step"] < step
+               for k, v in r.items() if k.startswith("grad_norm/"))
+    assert len([ax for ax in fig.axes if ax.get_label() == "<colorbar>"]) == 2   # layers named in both runs
+
+
+def test_lab_plot_draws_both_activation_panels_on_one_scale(exploding):
+    from bpnet.lab.plot import plot_result
+    fig = plot_result(exploding)
+    panels = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+    broken, repaired = panels[4], panels[5]
+    assert broken.get_xlabel().split(" (")[0] == repaired.get_xlabel().split(" (")[0] == "log10 |activation|"
+    assert broken.get_xlim() == repaired.get_xlim()

@@ -10,6 +10,8 @@ import re
 
 import numpy as np
 
+from ..plot import layer_colours
+
 _LAYER_KEY = re.compile(r"^grad_norm/(\d+(?:\.\d+)*)$")
 _MAX_HIST_LAYERS = 4
 
@@ -47,15 +49,36 @@ def _loss_panel(ax, run):
         x = (np.arange(len(v)) + 1) * per_epoch - 1
         good = np.isfinite(v)
         ax.plot(x[good], v[good], "o--", ms=3, lw=1.0, label="validation loss (per epoch)")
-    if (~ok).any():
-        first = int(np.flatnonzero(~ok)[0])
-        ax.axvline(first, color="red", ls=":", lw=1.2, label=f"first NaN/Inf (step {first})")
+    _mark_first_nonfinite(ax, run)
     if positive:
         ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="x-small")
+
+
+def first_nonfinite(run):
+    """``(step, what)`` of the run's first NaN/Inf, in the loss or in any gradient norm, or None.
+
+    A gradient can overflow one step before the loss it feeds does, so both
+    panels mark this one step rather than each its own signal's first.
+    """
+    loss = np.asarray(run.step_loss, dtype=np.float64)
+    candidates = []
+    if (~np.isfinite(loss)).any():
+        candidates.append((int(np.flatnonzero(~np.isfinite(loss))[0]), "loss"))
+    for i, r in enumerate(run.history.steps):
+        if any(_LAYER_KEY.match(k) and not math.isfinite(float(v)) for k, v in r.items()):
+            candidates.append((int(r.get("step", i)), "gradient"))
+            break
+    return min(candidates) if candidates else None
+
+
+def _mark_first_nonfinite(ax, run):
+    first = first_nonfinite(run)
+    if first is not None:
+        ax.axvline(first[0], color="red", ls=":", lw=1.2, label=f"first NaN/Inf (step {first[0]}, {first[1]})")
 
 
 def _layer_keys(run):
@@ -70,41 +93,46 @@ def _grad_panel(ax, run):
         _note(ax, "no gradient norms recorded")
         return
     x = np.asarray([r.get("step", i) for i, r in enumerate(steps)], dtype=np.float64)
-    cmap = __import__("matplotlib").colormaps["viridis"]
+    colours = layer_colours(ax.figure, ax, keys)
     bad_x = []
-    for j, key in enumerate(keys):
+    for key in keys:
         y = np.asarray([float(r.get(f"grad_norm/{key}", math.nan)) for r in steps])
         good = np.isfinite(y) & (y > 0)
         bad_x += list(x[~np.isfinite(y)])
-        color = cmap(j / max(1, len(keys) - 1))
-        label = f"layer {key}" if len(keys) <= 8 or j in (0, len(keys) - 1) else None
-        ax.plot(x[good], y[good], lw=1.0, color=color, label=label, marker="o" if good.sum() <= 30 else None,
-                ms=3)
+        ax.plot(x[good], y[good], lw=1.0, color=colours[key], label=f"layer {key}",
+                marker="o" if good.sum() <= 30 else None, ms=3)
     if bad_x:
         ax.plot(bad_x, np.full(len(bad_x), 0.03), "|", color="red", ms=10, transform=ax.get_xaxis_transform(),
-                label="NaN/Inf")
+                label="NaN/Inf norms")
+    _mark_first_nonfinite(ax, run)
     ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("‖∂L/∂θ‖ per layer")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize="x-small", ncol=2)
+    extras = [h for h in ax.get_lines() if not h.get_label().startswith("layer ")]
+    if extras:
+        ax.legend(handles=extras, fontsize="x-small")
 
 
-def _hist_panel(ax, run):
+def _probe_activations(run):
+    """``(layer name -> finite values, when)`` for the histogram panel, first, last and a few between."""
     when = "after training"
     source = run.activations
     if not any(np.isfinite(v).all() and v.size for v in source.values()) and run.initial_activations:
         source, when = run.initial_activations, "before training (the run went non-finite)"
     acts = [(k, v[np.isfinite(v)]) for k, v in source.items()]
     acts = [(k, v) for k, v in acts if v.size]
-    if not acts:
-        _note(ax, "no finite activations to show" if source else "no activation layers")
-        return
     if len(acts) > _MAX_HIST_LAYERS:                # first, last and evenly spaced ones between
         pick = np.unique(np.linspace(0, len(acts) - 1, _MAX_HIST_LAYERS).round().astype(int))
         acts = [acts[i] for i in pick]
-    top = max(float(np.abs(v).max()) for _, v in acts)
-    logscale = top > 1e3                            # exploding activations: show orders of magnitude
+    return acts, when, bool(source)
+
+
+def _hist_panel(ax, run, logscale: bool):
+    acts, when, any_layers = _probe_activations(run)
+    if not acts:
+        _note(ax, "no finite activations to show" if any_layers else "no activation layers")
+        return
     for name, v in acts:
         zero = float(np.mean(v == 0))
         shown = np.log10(np.abs(v[v != 0])) if logscale else v
@@ -116,6 +144,22 @@ def _hist_panel(ax, run):
     ax.legend(fontsize="x-small")
 
 
+def _hist_scale(runs) -> bool:
+    """One scale for both runs' histograms: log10 |a| when either run's activations exceed 1e3."""
+    tops = [float(np.abs(v).max()) for run in runs for _, v in _probe_activations(run)[0]]
+    return bool(tops) and max(tops) > 1e3
+
+
+def _share_x(axes):
+    """Give the drawn histogram panels the same x range."""
+    drawn = [ax for ax in axes if ax.patches]
+    if len(drawn) > 1:
+        lo = min(ax.get_xlim()[0] for ax in drawn)
+        hi = max(ax.get_xlim()[1] for ax in drawn)
+        for ax in drawn:
+            ax.set_xlim(lo, hi)
+
+
 def plot_result(result, path=None):
     """Broken (left) vs repaired (right): loss, per-layer gradient norms, activation histograms.
 
@@ -123,6 +167,7 @@ def plot_result(result, path=None):
     """
     fig, axes = _figure(3, 2, size=(12.0, 10.5))
     runs = (result.broken, result.repaired)
+    logscale = _hist_scale(runs)
     for col, run in enumerate(runs):
         ok = result.reproduced if col == 0 else result.repaired_ok
         head = "broken" if col == 0 else "repaired"
@@ -131,7 +176,8 @@ def plot_result(result, path=None):
                                "remedy met its bar" if ok else "check failed"), fontsize="small")
         _loss_panel(axes[0, col], run)
         _grad_panel(axes[1, col], run)
-        _hist_panel(axes[2, col], run)
+        _hist_panel(axes[2, col], run, logscale)
+    _share_x(axes[2])
     fig.suptitle(f"{result.scenario}: {result.metric} = {result.value:.4g} (needs {result.bar}); doctor: "
                  f"{', '.join(result.broken.codes) or 'nothing'}", fontsize="medium")
     if path is not None:
