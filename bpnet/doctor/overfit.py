@@ -49,6 +49,10 @@ class OverfitReport:
     def __bool__(self):
         return self.passed
 
+    def __repr__(self):
+        return (f"OverfitReport(passed={self.passed}, loss {self.initial_loss:.4g} -> {self.final_loss:.4g}, "
+                f"n={self.n}, steps={self.steps}, suspects={self.suspects})")
+
     def __str__(self):
         verdict = "PASSED" if self.passed else "FAILED"
         return (f"overfit check {verdict}: loss {self.initial_loss:.4g} -> {self.final_loss:.4g} in "

@@ -21,26 +21,47 @@ def array_stats(a) -> dict:
     return stats
 
 
-def trace(model, x, print_fn=print, training: bool = False) -> list[dict]:
+class TraceTable(list):
+    """The rows of :func:`trace` (a list of dicts) that show themselves as the table.
+
+    In a REPL ``model.trace(x)`` then shows the table once: as the result's
+    repr when nothing printed it, as a one-line summary when ``print_fn``
+    already did.  ``str(table)`` is always the table.
+    """
+    printed = False
+
+    def __str__(self):
+        return format_table(self)
+
+    def __repr__(self):
+        if not self.printed:
+            return format_table(self)
+        bad = [r["name"] for r in self if r["nan"] or r["inf"]]
+        state = f"first NaN/Inf at {bad[0]!r}" if bad else "no NaN/Inf"
+        return f"<TraceTable: {len(self)} rows, {state}; printed above, str() gives the table>"
+
+
+def trace(model, x, print_fn=None, training: bool = False) -> TraceTable:
     """Run ``x`` through ``model`` one layer at a time; return one row per layer.
 
     Each row: ``index`` (None for the input row), ``name``, ``layer`` (class),
     ``shape``, ``dtype``, ``min``, ``max``, ``mean``, ``std`` (over finite
-    values) and ``nan`` / ``inf`` counts.  The table is printed with
-    ``print_fn`` (pass None to only get the rows).  Runs in evaluation mode
-    unless ``training=True``.
+    values) and ``nan`` / ``inf`` counts.  The rows come back as a
+    :class:`TraceTable`, whose repr is the table; ``print_fn`` (e.g. ``print``)
+    also prints it.  Runs in evaluation mode unless ``training=True``.
     """
     bk = model.backend
     x = np.asarray(x)
     if not model.built:
         model.build(tuple(x.shape[1:]))
     h = bk.asarray(x, dtype=model.dtype)
-    rows = [_row(None, "input", "-", bk.to_numpy(h))]
+    rows = TraceTable([_row(None, "input", "-", bk.to_numpy(h))])
     for i, layer in enumerate(model.layers):
         h = layer.forward(h, training)
         rows.append(_row(i, layer.name, type(layer).__name__, bk.to_numpy(h)))
     if print_fn is not None:
         print_fn(format_table(rows))
+        rows.printed = True
     return rows
 
 
