@@ -18,6 +18,7 @@ import numpy as np
 from numba import njit, prange
 
 from bpnet.backends import get_backend
+from bpnet.layers import ReLU
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
@@ -65,8 +66,8 @@ def main():
             "numba serial (bpnet)": lambda: nb.adam_step(p, g, m, v, 1e-3, 0.9, 0.999, 1e-8, 0.0, 10, False),
             "numba parallel=True": lambda: adam_parallel(p, g, m, v, 1e-3, 0.9, 0.999, 1e-8,
                                                          1 - 0.9 ** 10, 1 - 0.999 ** 10)}
-    relu = {"numpy reference": lambda: ref.bias_act_forward("relu", z, b),
-            "numba serial (bpnet)": lambda: nb.bias_act_forward("relu", z, b),
+    relu = {"numpy reference": lambda: ref.bias_activation_forward(ReLU(), z, b),
+            "numba serial (bpnet)": lambda: nb.bias_activation_forward(ReLU(), z, b),
             "numba parallel=True": lambda: bias_relu_parallel(z, b)}
     gemm = lambda: np.matmul(a, w, out=out)            # noqa: E731
     gemm_ms = median_ms(gemm, args.repeats)

@@ -10,6 +10,9 @@ import numpy as np
 
 from .backends import get_backend
 from .errors import ConfigError, LabelError, ShapeError
+from .layers.activations import Sigmoid
+
+_SIGMOID = Sigmoid()          # its f (the overflow-free σ), run by the backend's kernel where it has one
 
 
 class Loss:
@@ -318,7 +321,7 @@ class BCEWithLogits(Loss):
         softplus_pos = xp.maximum(output, 0) + xp.log1p(xp.exp(-xp.abs(output)))   # softplus(z)
         softplus_neg = softplus_pos - output                                        # softplus(-z)
         loss = (pw * t * softplus_neg + (1 - t) * softplus_pos).sum() / output.size
-        sig = bk.act_forward("sigmoid", output)
+        sig = bk.activation_forward(_SIGMOID, output)
         self.grad = ((sig * (1 - t + pw * t) - pw * t) / output.size).astype(output.dtype, copy=False)
         return float(loss)
 

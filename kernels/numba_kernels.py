@@ -38,23 +38,24 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from .activation_codes import ELU, IDENTITY, LEAKY_RELU, RELU, SIGMOID, TANH
+
 __all__ = [
-    "ACT_CODES",
+    "IDENTITY", "RELU", "LEAKY_RELU", "ELU", "SIGMOID", "TANH",
     "bias_act_forward", "bias_pre", "act_forward", "act_forward_", "act_pre",
-    "act_post", "act_backward", "colsum",
+    "act_post", "act_backward",
     "xent_shift", "xent_finish", "xent_finish_labels",
     "sgd_step", "adam_step", "rmsprop_step",
     "sum_squares", "clip_grad_norm", "has_nonfinite",
 ]
 
-IDENTITY, RELU, LEAKY_RELU, ELU, SIGMOID, TANH = range(6)
-ACT_CODES = {"identity": IDENTITY, "relu": RELU, "leaky_relu": LEAKY_RELU,
-             "elu": ELU, "sigmoid": SIGMOID, "tanh": TANH}
-
 _jit = njit(cache=True, fastmath=False, error_model="numpy")
 
 
 # -- activations ------------------------------------------------------------
+# Each kernel is the fused form of one activation layer's own ``f`` / ``dz``
+# code (bpnet/layers/activations.py), selected by the layer's code from
+# kernels/activation_codes.py, in the same order of operations.
 # relu, leaky_relu and every backward are plain arithmetic and are fused
 # whole.  sigmoid, elu and tanh need exp/expm1/tanh: Numba calls the platform
 # libm for those one element at a time (2-16 ns each, no SIMD without Intel's
@@ -199,19 +200,6 @@ def act_backward(y, dy, out, code, alpha, dest):
     else:
         for i in range(y.size):
             out[i] = _bwd(code, y[i], dy[i], a, zero, one)
-
-
-# -- bias gradient --------------------------------------------------------------
-@_jit
-def colsum(dy, out):
-    """out[j] = Σ_i dy[i, j], rows added in order (as NumPy's axis-0 sum)."""
-    n, m = dy.shape
-    for j in range(m):
-        out[j] = 0
-    for i in range(n):
-        for j in range(m):
-            out[j] = out[j] + dy[i, j]
-    return out
 
 
 # -- softmax cross-entropy, loss and gradient ---------------------------------

@@ -27,6 +27,8 @@ from bpnet.backends import NumpyBackend, get_backend
 from bpnet.backends import cupy_backend
 from bpnet.backends.cupy_backend import CupyBackend
 from bpnet.errors import BackendError, LabelError, ShapeError
+from bpnet.kernels.activation_codes import ACT_CODES
+from bpnet.layers import ACTIVATION_LAYERS, BuildContext, Dense
 
 CUDA_DIR = Path(__file__).resolve().parents[1] / "kernels" / "cuda"
 CU_FILES = sorted(CUDA_DIR.glob("*.cu"))
@@ -76,12 +78,44 @@ def test_backend_kernel_table_matches_sources():
     for name, filename in cupy_backend.KERNEL_FILES.items():
         for suffix in ("f32", "f64"):
             assert f"{name}_{suffix}" in EXPECTED_KERNELS[filename]
-    assert set(cupy_backend.ACTIVATION_CODES) == {
-        "identity", "relu", "leaky_relu", "elu", "sigmoid", "tanh"}
-    # the codes the kernels switch on
+    assert set(ACT_CODES) == {"identity", "relu", "leaky_relu", "elu", "sigmoid", "tanh"}
+    assert cupy_backend.KERNEL_CODES == frozenset(ACT_CODES.values())
+
+
+def test_cuda_source_sees_the_one_activation_code_table():
+    """activations.cu switches on ACT_<NAME> and defines none of them: the values
+    reach NVRTC (and nvcc here) only as -D definitions made from ACT_CODES."""
     text = cupy_backend.read_kernel_source("activations.cu")
-    for name, code in cupy_backend.ACTIVATION_CODES.items():
-        assert re.search(rf"#define BP_{name.upper()} {code}\b", text), name
+    assert set(re.findall(r"\bACT_([A-Z_]+)\b", text)) == {name.upper() for name in ACT_CODES}
+    assert not re.search(r"#\s*define\s+ACT_", text)
+    defines = [opt for opt in cupy_backend.NVRTC_OPTIONS if opt.startswith("-DACT_")]
+    assert defines == [f"-DACT_{name.upper()}={code}" for name, code in ACT_CODES.items()]
+    assert len(set(ACT_CODES.values())) == len(ACT_CODES)          # one code per activation
+    assert all(layer.code == ACT_CODES[layer.kind] for layer in
+               (cls() for cls in set(ACTIVATION_LAYERS.values())))
+
+
+def test_cuda_source_refuses_to_compile_without_the_table(tmp_path):
+    if NVCC is None:
+        pytest.skip("nvcc not found")
+    options = [o for o in cupy_backend.NVRTC_OPTIONS if not o.startswith("-DACT_")]
+    proc = subprocess.run([NVCC, "--ptx", *options, "-o", str(tmp_path / "a.ptx"),
+                           str(CUDA_DIR / "activations.cu")], capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert "kernels/activation_codes.py" in proc.stderr
+
+
+def test_cuda_switch_labels_are_the_table_codes(tmp_path):
+    """Preprocessed with the backend's options, each case label is the table's number."""
+    if NVCC is None:
+        pytest.skip("nvcc not found")
+    probe = tmp_path / "probe.cu"
+    probe.write_text("".join(f"int probe_{name} = ACT_{name.upper()};\n" for name in ACT_CODES))
+    proc = subprocess.run([NVCC, "-E", *cupy_backend.NVRTC_OPTIONS, str(probe)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    for name, code in ACT_CODES.items():
+        assert re.search(rf"int probe_{name} = {code};", proc.stdout), name
 
 
 # -- the sources, through nvcc --------------------------------------------------
@@ -159,6 +193,11 @@ ACTS = ("identity", "relu", "leaky_relu", "elu", "sigmoid", "tanh")
 ALPHA = {"leaky_relu": 0.1, "elu": 0.7}
 
 
+def act(kind, alpha=0.0):
+    """The activation layer called ``kind`` (with slope ``alpha`` where it takes one)."""
+    return ACTIVATION_LAYERS[kind](alpha) if kind in ALPHA else ACTIVATION_LAYERS[kind]()
+
+
 @pytest.fixture(scope="module")
 def gpu():
     backend, why = _try_cupy_backend()
@@ -185,11 +224,11 @@ def _check(gpu, actual, expected, dtype):
 def test_act_forward_matches_numpy(gpu, kind, dtype):
     rng = np.random.default_rng(1)
     z = (3 * rng.standard_normal((37, 53))).astype(dtype)
-    alpha = ALPHA.get(kind, 0.0)
-    expected = REF.act_forward(kind, z.copy(), alpha)
-    _check(gpu, gpu.act_forward(kind, gpu.asarray(z), alpha), expected, dtype)
+    a = act(kind, ALPHA.get(kind, 0.0))
+    expected = REF.activation_forward(a, z.copy())
+    _check(gpu, gpu.activation_forward(a, gpu.asarray(z)), expected, dtype)
     zd = gpu.asarray(z)  # in place, through out=
-    y = gpu.act_forward(kind, zd, alpha, out=zd)
+    y = gpu.activation_forward(a, zd, out=zd)
     assert y is zd
     _check(gpu, zd, expected, dtype)
 
@@ -201,10 +240,10 @@ def test_bias_act_forward_matches_numpy(gpu, kind, dtype):
     rng = np.random.default_rng(2)
     z = (2 * rng.standard_normal((41, 29))).astype(dtype)
     b = rng.standard_normal(29).astype(dtype)
-    alpha = ALPHA.get(kind, 0.0)
-    expected = REF.act_forward(kind, z + b, alpha)
+    a = act(kind, ALPHA.get(kind, 0.0))
+    expected = REF.activation_forward(a, z + b)
     zd = gpu.asarray(z)
-    assert gpu.bias_act_forward(kind, zd, gpu.asarray(b), alpha) is zd
+    assert gpu.bias_activation_forward(a, zd, gpu.asarray(b)) is zd
     _check(gpu, zd, expected, dtype)
 
 
@@ -213,14 +252,14 @@ def test_bias_act_forward_matches_numpy(gpu, kind, dtype):
 @pytest.mark.parametrize("kind", ACTS)
 def test_act_backward_matches_numpy(gpu, kind, dtype):
     rng = np.random.default_rng(3)
-    alpha = ALPHA.get(kind, 0.0)
-    y = REF.act_forward(kind, (2 * rng.standard_normal((33, 45))).astype(dtype), alpha)
+    a = act(kind, ALPHA.get(kind, 0.0))
+    y = REF.activation_forward(a, (2 * rng.standard_normal((33, 45))).astype(dtype))
     y = np.ascontiguousarray(y, dtype=dtype)
     dy = rng.standard_normal(y.shape).astype(dtype)
-    expected = REF.act_backward(kind, y, dy, alpha)
-    _check(gpu, gpu.act_backward(kind, gpu.asarray(y), gpu.asarray(dy), alpha), expected, dtype)
+    expected = REF.activation_backward(a, y, dy)
+    _check(gpu, gpu.activation_backward(a, gpu.asarray(y), gpu.asarray(dy)), expected, dtype)
     out = gpu.zeros(y.shape, dtype)
-    assert gpu.act_backward(kind, gpu.asarray(y), gpu.asarray(dy), alpha, out=out) is out
+    assert gpu.activation_backward(a, gpu.asarray(y), gpu.asarray(dy), out=out) is out
     _check(gpu, out, expected, dtype)
 
 
@@ -388,12 +427,17 @@ def test_inherited_methods_run_on_the_gpu(gpu, dtype):
     xd = gpu.asarray(x)
     assert isinstance(xd, gpu.xp.ndarray) and type(gpu.to_numpy(xd)) is np.ndarray
     tol = {np.float32: 1e-4, np.float64: 1e-12}[dtype]  # cuBLAS sums in another order
-    np.testing.assert_allclose(gpu.to_numpy(gpu.linear_forward(xd, gpu.asarray(W), gpu.asarray(b))),
-                               REF.linear_forward(x, W, b), rtol=tol, atol=tol)
-    dW, db = np.empty_like(W), np.empty_like(b)
-    gdW, gdb = gpu.zeros(W.shape, dtype), gpu.zeros(b.shape, dtype)
-    dx = REF.linear_backward(x, W, dy, dW, db)
-    gdx = gpu.linear_backward(xd, gpu.asarray(W), gpu.asarray(dy), gdW, gdb)
-    for actual, expected in ((gdx, dx), (gdW, dW), (gdb, db)):
+    layers = []
+    for backend in (REF, gpu):                          # Dense's own xp maths, on each device
+        layer = Dense(8)
+        layer.build((24,), BuildContext(backend, np.dtype(dtype), np.random.default_rng(0)))
+        layer.params["W"][...] = backend.asarray(W)
+        layer.params["b"][...] = backend.asarray(b)
+        layers.append(layer)
+    ref, dev = layers
+    np.testing.assert_allclose(gpu.to_numpy(dev.forward(xd)), ref.forward(x), rtol=tol, atol=tol)
+    dx, gdx = ref.backward(dy), dev.backward(gpu.asarray(dy))
+    for actual, expected in ((gdx, dx), (dev.grads["W"], ref.grads["W"]),
+                             (dev.grads["b"], ref.grads["b"])):
         np.testing.assert_allclose(gpu.to_numpy(actual), expected, rtol=tol, atol=tol)
     gpu.synchronize()

@@ -16,8 +16,10 @@ from hypothesis import given, settings, strategies as st  # noqa: E402
 
 from bpnet.backends import get_backend  # noqa: E402
 from bpnet.backends.numba_backend import NumbaBackend  # noqa: E402
-from bpnet.backends.numpy_backend import ACTIVATIONS, NumpyBackend  # noqa: E402
+from bpnet.backends.numpy_backend import NumpyBackend  # noqa: E402
 from bpnet.errors import LabelError  # noqa: E402
+from bpnet.kernels.activation_codes import ACT_CODES  # noqa: E402
+from bpnet.layers import ACTIVATION_LAYERS, Activation, BuildContext, Dense  # noqa: E402
 
 REF = NumpyBackend()
 NB = NumbaBackend()
@@ -25,6 +27,14 @@ DTYPES = [np.float32, np.float64]
 RTOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
 SHAPES = [(1, 1), (3, 7), (16, 33), (64, 130)]
 ALPHA = {"leaky_relu": 0.01, "elu": 1.3}
+ACTIVATIONS = tuple(ACT_CODES)          # every activation with a kernel code
+
+
+def act(kind, alpha=0.0):
+    """The activation layer called ``kind`` (with slope ``alpha`` where it takes one)."""
+    layer = ACTIVATION_LAYERS[kind](alpha) if kind in ALPHA else ACTIVATION_LAYERS[kind]()
+    assert layer.code == ACT_CODES[kind]
+    return layer
 
 
 def close(got, want, scale=None):
@@ -63,9 +73,10 @@ def test_warmup_compiles_every_kernel_and_reports_seconds():
 def test_bias_act_forward_in_place(kind, dtype, shape, rng):
     z = rand(rng, shape, dtype)
     b = rand(rng, shape[-1], dtype)
-    want = REF.act_forward(kind, z + b, ALPHA.get(kind, 0.0))
+    a = act(kind, ALPHA.get(kind, 0.0))
+    want = REF.activation_forward(a, z + b)
     zz = z.copy()
-    got = NB.bias_act_forward(kind, zz, b, ALPHA.get(kind, 0.0))
+    got = NB.bias_activation_forward(a, zz, b)
     assert got is zz and got.dtype == dtype
     close(got, want)
 
@@ -75,22 +86,23 @@ def test_bias_act_forward_in_place(kind, dtype, shape, rng):
 @pytest.mark.parametrize("shape", [(1,), (3, 7), (64, 130), (2, 3, 5)])
 def test_act_forward_out_semantics(kind, dtype, shape, rng):
     alpha = ALPHA.get(kind, 0.0)
+    a = act(kind, alpha)
     z = rand(rng, shape, dtype)
     z0 = z.copy()
-    want = REF.act_forward(kind, z, alpha)
+    want = REF.activation_forward(a, z)
 
-    got = NB.act_forward(kind, z, alpha)                 # new array (z itself for identity)
-    assert (got is z) == (REF.act_forward(kind, z, alpha) is z)
+    got = NB.activation_forward(a, z)                 # new array (z itself for identity)
+    assert (got is z) == (REF.activation_forward(a, z) is z)
     assert got.dtype == want.dtype and got.shape == shape
     close(got, want)
     np.testing.assert_array_equal(z, z0)
 
     out = np.full(shape, np.nan, dtype)                  # separate out
-    assert NB.act_forward(kind, z, alpha, out=out) is out
+    assert NB.activation_forward(a, z, out=out) is out
     close(out, want)
     np.testing.assert_array_equal(z, z0)
 
-    assert NB.act_forward(kind, z, alpha, out=z) is z    # in place
+    assert NB.activation_forward(a, z, out=z) is z    # in place
     close(z, want)
 
 
@@ -99,24 +111,25 @@ def test_act_forward_out_semantics(kind, dtype, shape, rng):
 @pytest.mark.parametrize("shape", [(1,), (3, 7), (64, 130), (2, 3, 5)])
 def test_act_backward_out_semantics(kind, dtype, shape, rng):
     alpha = ALPHA.get(kind, 0.0)
-    y = REF.act_forward(kind, rand(rng, shape, dtype), alpha).copy()
+    a = act(kind, alpha)
+    y = REF.activation_forward(a, rand(rng, shape, dtype)).copy()
     dy = rand(rng, shape, dtype, 1.0)
-    want = REF.act_backward(kind, y, dy, alpha)
+    want = REF.activation_backward(a, y, dy)
 
-    got = NB.act_backward(kind, y, dy, alpha)
-    assert (got is dy) == (REF.act_backward(kind, y, dy, alpha) is dy)
+    got = NB.activation_backward(a, y, dy)
+    assert (got is dy) == (REF.activation_backward(a, y, dy) is dy)
     close(got, want)
 
     out = np.full(shape, np.nan, dtype)
-    assert NB.act_backward(kind, y, dy, alpha, out=out) is out
+    assert NB.activation_backward(a, y, dy, out=out) is out
     close(out, want)
 
     d2 = dy.copy()                                       # overwrite the gradient
-    assert NB.act_backward(kind, y, d2, alpha, out=d2) is d2
+    assert NB.activation_backward(a, y, d2, out=d2) is d2
     close(d2, want)
 
     y2 = y.copy()                                        # overwrite the output
-    assert NB.act_backward(kind, y2, dy, alpha, out=y2) is y2
+    assert NB.activation_backward(a, y2, dy, out=y2) is y2
     close(y2, want)
 
 
@@ -127,10 +140,11 @@ def test_activations_random_shapes(kind, f64, rows, cols, seed):
     rng = np.random.default_rng(seed)
     dtype = np.float64 if f64 else np.float32
     alpha = ALPHA.get(kind, 0.0)
+    a = act(kind, alpha)
     z, b = rand(rng, (rows, cols), dtype), rand(rng, cols, dtype)
-    close(NB.bias_act_forward(kind, z.copy(), b, alpha), REF.act_forward(kind, z + b, alpha))
-    y = REF.act_forward(kind, z, alpha)
-    close(NB.act_backward(kind, y, z, alpha), REF.act_backward(kind, y, z, alpha))
+    close(NB.bias_activation_forward(a, z.copy(), b), REF.activation_forward(a, z + b))
+    y = REF.activation_forward(a, z)
+    close(NB.activation_backward(a, y, z), REF.activation_backward(a, y, z))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -140,13 +154,14 @@ def test_activations_at_extreme_inputs(dtype):
     with np.errstate(over="raise", invalid="raise", divide="raise"):   # underflow is fine
         for kind in ACTIVATIONS:
             alpha = ALPHA.get(kind, 0.0)
-            want = REF.act_forward(kind, z, alpha)
-            got = NB.bias_act_forward(kind, z.copy(), b, alpha)
+            a = act(kind, alpha)
+            want = REF.activation_forward(a, z)
+            got = NB.bias_activation_forward(a, z.copy(), b)
             assert np.all(np.isfinite(got)), kind
             close(got, want)
-    s = NB.act_forward("sigmoid", z)
+    s = NB.activation_forward(act("sigmoid"), z)
     assert s[0, 0] == 0.0 and s[0, -1] == 1.0 and np.all((s >= 0) & (s <= 1))
-    assert NB.act_forward("elu", z, 1.3)[0, 0] == pytest.approx(-1.3)
+    assert NB.activation_forward(act("elu", 1.3), z)[0, 0] == pytest.approx(-1.3)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -155,9 +170,10 @@ def test_nan_propagates_like_numpy(dtype):
     b = np.zeros(5, dtype)
     for kind in ACTIVATIONS:
         alpha = ALPHA.get(kind, 0.0)
-        want = REF.act_forward(kind, z, alpha)
-        np.testing.assert_array_equal(NB.bias_act_forward(kind, z.copy(), b, alpha), want)
-        np.testing.assert_array_equal(NB.act_forward(kind, z, alpha), want)
+        a = act(kind, alpha)
+        want = REF.activation_forward(a, z)
+        np.testing.assert_array_equal(NB.bias_activation_forward(a, z.copy(), b), want)
+        np.testing.assert_array_equal(NB.activation_forward(a, z), want)
 
 
 def test_unusual_arrays_fall_back_to_reference(rng):
@@ -165,43 +181,65 @@ def test_unusual_arrays_fall_back_to_reference(rng):
     b = rand(rng, 6, np.float64)
     for kind in ACTIVATIONS:
         alpha = ALPHA.get(kind, 0.0)
-        close(NB.act_forward(kind, z, alpha), REF.act_forward(kind, z, alpha))
-        y = REF.act_forward(kind, z, alpha)
-        close(NB.act_backward(kind, y, z, alpha), REF.act_backward(kind, y, z, alpha))
+        a = act(kind, alpha)
+        close(NB.activation_forward(a, z), REF.activation_forward(a, z))
+        y = REF.activation_forward(a, z)
+        close(NB.activation_backward(a, y, z), REF.activation_backward(a, y, z))
         zz = z.copy(order="F")
-        assert NB.bias_act_forward(kind, zz, b, alpha) is zz
-        close(zz, REF.act_forward(kind, z + b, alpha))
+        assert NB.bias_activation_forward(a, zz, b) is zz
+        close(zz, REF.activation_forward(a, z + b))
     h = rand(rng, (4, 5), np.float16)
-    np.testing.assert_array_equal(NB.act_forward("relu", h), REF.act_forward("relu", h))
-    with pytest.raises(ValueError, match="unknown activation"):
-        NB.act_forward("swish", rand(rng, (2, 2), np.float32))
-    z = rand(rng, (2, 2), np.float32)
+    relu = act("relu")
+    np.testing.assert_array_equal(NB.activation_forward(relu, h), REF.activation_forward(relu, h))
+    # An activation without a kernel code (a user's own) runs its own f and dz.
+    softsign = Softsign()
+    assert softsign.code is None
+    z = rand(rng, (5, 4), np.float32)
     z0 = z.copy()
-    with pytest.raises(ValueError, match="unknown activation"):
-        NB.bias_act_forward("swish", z, np.ones(2, np.float32))
-    np.testing.assert_array_equal(z, z0)                 # nothing half-done
+    close(NB.activation_forward(softsign, z), z0 / (1 + np.abs(z0)))
+    np.testing.assert_array_equal(z, z0)                 # z untouched
+    b = np.ones(4, np.float32)
+    close(NB.bias_activation_forward(softsign, z, b), softsign.f(np, z0 + b))
+    y = softsign.f(np, z0)
+    close(NB.activation_backward(softsign, y, z0), z0 * (1 - np.abs(y)) ** 2)
+
+
+class Softsign(Activation):
+    """y = z / (1 + |z|); f'(z) = 1/(1 + |z|)² = (1 - |y|)²  (|y| = |z|/(1+|z|))."""
+
+    def f(self, xp, z):
+        return z / (1 + xp.abs(z))
+
+    def dz(self, xp, y, dy):
+        return dy * (1 - xp.abs(y)) ** 2
 
 
 # -- dense layer ------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n,k,m", [(1, 1, 1), (5, 3, 7), (32, 64, 48)])
-def test_linear_forward_and_backward(dtype, n, k, m, rng):
+def test_dense_forward_and_backward(dtype, n, k, m, rng):
+    """Dense writes its own xp maths; on the numba backend it gives the reference's numbers."""
     x, W, b = rand(rng, (n, k), dtype, 1), rand(rng, (k, m), dtype, 1), rand(rng, m, dtype, 1)
-    want = REF.linear_forward(x, W, b)
-    close(NB.linear_forward(x, W, b), want)
-    out = np.empty((n, m), dtype)
-    assert NB.linear_forward(x, W, b, out=out) is out
-    close(out, want)
+    layers = {}
+    for name, backend in (("ref", REF), ("nb", NB)):
+        layer = Dense(m)
+        layer.build((k,), BuildContext(backend, np.dtype(dtype), np.random.default_rng(0)))
+        layer.params["W"][...] = W
+        layer.params["b"][...] = b
+        layers[name] = layer
+    want = layers["ref"].forward(x)
+    close(want, x @ W + b)
+    close(layers["nb"].forward(x), want)
 
     dy = rand(rng, (n, m), dtype, 1)
-    dW1, db1, dW2, db2 = (np.empty((k, m), dtype), np.empty(m, dtype),
-                          np.empty((k, m), dtype), np.empty(m, dtype))
-    dx1 = REF.linear_backward(x, W, dy, dW1, db1)
-    dx2 = NB.linear_backward(x, W, dy, dW2, db2)
+    dx1 = layers["ref"].backward(dy)
+    dx2 = layers["nb"].backward(dy)
     close(dx2, dx1)
-    close(dW2, dW1)
-    close(db2, db1, scale=float(np.abs(dy).sum(0).max()))
-    assert NB.linear_backward(x, W, dy, dW2, db2, need_dx=False) is None
+    close(layers["nb"].grads["W"], layers["ref"].grads["W"])
+    close(layers["nb"].grads["b"], layers["ref"].grads["b"], scale=float(np.abs(dy).sum(0).max()))
+    close(layers["ref"].grads["b"], dy.sum(0), scale=float(np.abs(dy).sum(0).max()))
+    layers["nb"].needs_input_grad = False
+    assert layers["nb"].backward(dy) is None
 
 
 # -- softmax cross-entropy ----------------------------------------------------------------

@@ -1,12 +1,16 @@
 """The CuPy backend: arrays on a CUDA GPU, cuBLAS for matrix products and the
 CUDA C kernels in ``kernels/cuda`` for the fused parts.
 
-Matrix products, ``log_softmax`` and the small helpers are inherited from
-:class:`NumpyBackend`: they only call ``self.xp``, which here is ``cupy``.
-The methods below replace NumPy expressions with one kernel launch each and
+Matrix products (the layers' own ``xp.matmul``), ``log_softmax`` and the small
+helpers are inherited from :class:`NumpyBackend` and
+:class:`~bpnet.backends.base.Backend`: they only call ``self.xp``, which here
+is ``cupy``.  The methods below replace NumPy expressions with one kernel launch each and
 return the same numbers as the reference (to float32 rounding):
 
-* ``act_forward``, ``bias_act_forward``, ``act_backward`` -- ``activations.cu``
+* ``activation_forward``, ``bias_activation_forward``, ``activation_backward``
+  -- ``activations.cu``, for the activation layers that name a kernel code
+  (``kernels/activation_codes.py``, passed to NVRTC as ``-DACT_<NAME>=<code>``);
+  any other activation runs its own ``f`` / ``dz`` code on CuPy arrays
 * ``softmax_cross_entropy`` (and ``softmax_cross_entropy_labels``, the same
   loss for integer labels with label smoothing) -- ``softmax_xent.cu``
 * ``sgd_step``, ``adam_step``, ``rmsprop_step`` -- ``optimizers.cu``
@@ -28,13 +32,15 @@ import importlib.resources
 import numpy as np
 
 from ..errors import BackendError
-from .numpy_backend import ACTIVATIONS, NumpyBackend
+from ..kernels.activation_codes import ACT_CODES, cuda_defines
+from .numpy_backend import NumpyBackend
 
-#: activation name -> the integer code the CUDA kernels switch on
-ACTIVATION_CODES = {name: code for code, name in enumerate(ACTIVATIONS)}
+#: the activation codes activations.cu has a kernel for (all of the table)
+KERNEL_CODES = frozenset(ACT_CODES.values())
 
-#: NVRTC options for every kernel file (see the module docstring for fmad).
-NVRTC_OPTIONS = ("-std=c++14", "--fmad=false")
+#: NVRTC options for every kernel file (see the module docstring for fmad),
+#: with the activation code table as -DACT_<NAME>=<code> definitions.
+NVRTC_OPTIONS = ("-std=c++14", "--fmad=false", *cuda_defines())
 
 #: kernel name (without dtype suffix) -> the file in kernels/cuda defining it
 KERNEL_FILES = {
@@ -60,13 +66,6 @@ ROWS_PER_BLOCK = THREADS // 32  # softmax: one warp per row
 
 def _blocks(n, per_block=THREADS, cap=MAX_BLOCKS):
     return max(1, min(cap, -(-n // per_block)))
-
-
-def _act_code(kind):
-    try:
-        return ACTIVATION_CODES[kind]
-    except (KeyError, TypeError):
-        raise ValueError(f"unknown activation {kind!r}") from None
 
 
 def read_kernel_source(filename):
@@ -165,47 +164,52 @@ class CupyBackend(NumpyBackend):
         return self.xp.random.default_rng(seed).random(shape, dtype=np.float32)
 
     # -- pointwise activations --------------------------------------------------
-    def act_forward(self, kind, z, alpha=0.0, out=None):
-        code = _act_code(kind)
+    # The layer's code selects the kernel; a layer without one (code None, an
+    # activation of the user's own) runs its own f / dz code on CuPy arrays.
+    def activation_forward(self, act, z, out=None):
+        code = act.code
         dt = getattr(z, "dtype", None)
-        if (kind == "identity" or dt not in _SUFFIX or not isinstance(z, self.xp.ndarray)
+        if (code not in KERNEL_CODES or code == ACT_CODES["identity"] or dt not in _SUFFIX
+                or not isinstance(z, self.xp.ndarray)
                 or (out is not None and not (self._is_dev(out, dt) and out.shape == z.shape))):
-            return super().act_forward(kind, z, alpha, out)
+            return super().activation_forward(act, z, out)
         z = self._dev(z, dt)
         y = self.xp.empty_like(z) if out is None else out
         if z.size:
             self._launch("act_forward", dt, z.size,
-                         (z, y, np.int64(z.size), np.int32(code), dt.type(alpha)))
+                         (z, y, np.int64(z.size), np.int32(code), dt.type(act.alpha)))
         return y
 
-    def bias_act_forward(self, kind, z, b, alpha=0.0):
+    def bias_activation_forward(self, act, z, b):
         """z = f(z + b) in place for z of shape (..., M) and b of shape (M,); returns z."""
-        code = _act_code(kind)
+        code = act.code
         dt = getattr(z, "dtype", None)
+        if code not in KERNEL_CODES:
+            return super().bias_activation_forward(act, z, b)      # the layer's own f
         if (dt not in _SUFFIX or not self._is_dev(z, dt) or getattr(b, "ndim", None) != 1
                 or z.ndim < 1 or z.shape[-1] != b.shape[0]):
             z += b
-            return super().act_forward(kind, z, alpha, out=z)
+            return self.activation_forward(act, z, out=z)
         b = self._dev(b, dt)
         if z.size:
             self._launch("bias_act_forward", dt, z.size,
                          (z, b, np.int64(z.size), np.int64(b.size), np.int32(code),
-                          dt.type(alpha)))
+                          dt.type(act.alpha)))
         return z
 
-    def act_backward(self, kind, y, dy, alpha=0.0, out=None):
-        code = _act_code(kind)
+    def activation_backward(self, act, y, dy, out=None):
+        code = act.code
         dt = getattr(dy, "dtype", None)
-        if (kind == "identity" or dt not in _SUFFIX
+        if (code not in KERNEL_CODES or code == ACT_CODES["identity"] or dt not in _SUFFIX
                 or not isinstance(y, self.xp.ndarray) or not isinstance(dy, self.xp.ndarray)
                 or y.dtype != dt or y.shape != dy.shape
                 or (out is not None and not (self._is_dev(out, dt) and out.shape == dy.shape))):
-            return super().act_backward(kind, y, dy, alpha, out)
+            return super().activation_backward(act, y, dy, out)
         y, dy = self._dev(y, dt), self._dev(dy, dt)
         dz = self.xp.empty_like(dy) if out is None else out
         if dy.size:
             self._launch("act_backward", dt, dy.size,
-                         (y, dy, dz, np.int64(dy.size), np.int32(code), dt.type(alpha)))
+                         (y, dy, dz, np.int64(dy.size), np.int32(code), dt.type(act.alpha)))
         return dz
 
     # -- softmax cross-entropy ----------------------------------------------------

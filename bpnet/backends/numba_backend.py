@@ -4,7 +4,10 @@ Every method keeps the signature, return value and in-place effects of the
 :class:`NumpyBackend` method it overrides, and computes the same formula in one
 compiled sweep instead of several array expressions (see the docstring of
 ``kernels/numba_kernels.py`` for the compilation choices).  Matrix products
-stay on BLAS through ``numpy.matmul``.
+are the layers' own ``xp.matmul`` calls, on BLAS.
+
+Activations: the layer's ``code`` (``kernels/activation_codes.py``) selects
+the fused kernel; a layer without one runs its own ``f`` / ``dz`` code.
 
 The kernels take C-contiguous float32/float64 arrays of one dtype.  Anything
 else (strided views, float16, mixed dtypes, empty arrays) goes to the NumPy
@@ -13,6 +16,7 @@ reference, so a caller never has to care which path ran.
 from __future__ import annotations
 
 import time
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -28,6 +32,7 @@ _FINITE_BLOCK = 4096        # elements scanned between early-exit tests
 # Activations computed wholly in a kernel; the others (elu, sigmoid, tanh) run
 # their exp/expm1/tanh through NumPy's vectorised ufunc between two kernels.
 _ARITHMETIC = (K.IDENTITY, K.RELU, K.LEAKY_RELU)
+_KERNEL_CODES = frozenset(_ARITHMETIC) | {K.ELU, K.SIGMOID, K.TANH}
 _UFUNC = {K.SIGMOID: np.exp, K.ELU: np.expm1}
 
 
@@ -59,44 +64,22 @@ def _flat(a):
 class NumbaBackend(NumpyBackend):
     name = "numba"
 
-    # -- dense layer ----------------------------------------------------------
-    def linear_forward(self, x, W, b, out=None):
-        """y = x W + b: BLAS product (numpy.matmul), then the bias in one pass.
-
-        Folding the bias into the product (SciPy's sgemm with beta=1 over a
-        bias-filled output) measured slower: SciPy's wrapper costs more than
-        the pass it saves, and SciPy ships its own OpenBLAS, whose threads
-        then compete with NumPy's.
-        """
-        y = np.matmul(x, W, out=out)
-        if y.ndim >= 1 and _plain(y, b) and b.ndim == 1 and y.shape[-1] == b.shape[0] \
-                and y.size and _writable(y):
-            K.bias_act_forward(y.reshape(-1, b.shape[0]), b, K.IDENTITY, 0.0)
-        else:
-            y += b
-        return y
-
-    def linear_backward(self, x, W, dy, dW, db, need_dx=True):
-        """dW = xᵀ dy, db = Σ_rows dy (one kernel), dx = dy Wᵀ."""
-        np.matmul(x.T, dy, out=dW)
-        if dy.ndim == 2 and _plain(dy, db) and db.shape == dy.shape[1:] and _writable(db):
-            K.colsum(dy, db)
-        else:
-            dy.sum(axis=0, out=db)
-        return np.matmul(dy, W.T) if need_dx else None
-
-    def bias_act_forward(self, kind, z, b, alpha=0.0):
+    # -- pointwise activations --------------------------------------------------
+    # An activation whose code has no kernel here (a layer of the user's own,
+    # code None) runs its own f / dz code through the NumPy reference.
+    def bias_activation_forward(self, act, z, b):
         """z = f(z + b) in place for z (..., M) and b (M,); returns z."""
-        code = K.ACT_CODES.get(kind)
-        if code is None:
-            raise ValueError(f"unknown activation {kind!r}")
-        if not (z.ndim >= 1 and _plain(z, b) and b.ndim == 1
-                and z.shape[-1] == b.shape[0] and z.size and _writable(z)):
+        code = act.code
+        if code not in _KERNEL_CODES:
+            return super().bias_activation_forward(act, z, b)
+        if not (z.ndim >= 1 and _plain(z, b) and b.ndim == 1 and z.shape[-1] == b.shape[0]
+                and z.size and _writable(z)):
             z += b
-            return self.act_forward(kind, z, alpha, out=z)
+            return self.activation_forward(act, z, out=z)
         z2 = z.reshape(-1, b.shape[0])
+        alpha = float(act.alpha)
         if code in _ARITHMETIC:
-            K.bias_act_forward(z2, b, code, float(alpha))
+            K.bias_act_forward(z2, b, code, alpha)
         elif code == K.TANH:
             K.bias_act_forward(z2, b, K.IDENTITY, 0.0)
             np.tanh(z, out=z)
@@ -104,27 +87,27 @@ class NumbaBackend(NumpyBackend):
             t = np.empty_like(z2)
             K.bias_pre(z2, b, t, code)
             _UFUNC[code](t, out=t)
-            K.act_post(_flat(z), _flat(t), code, float(alpha), True)
+            K.act_post(_flat(z), _flat(t), code, alpha, True)
         return z
 
-    # -- pointwise activations --------------------------------------------------
-    def act_forward(self, kind, z, alpha=0.0, out=None):
-        code = K.ACT_CODES.get(kind)
+    def activation_forward(self, act, z, out=None):
+        code = act.code
         # identity is a copy and tanh is one vectorised ufunc pass already.
-        if code in (None, K.IDENTITY, K.TANH) or not _plain(z) or \
+        if code not in _KERNEL_CODES or code in (K.IDENTITY, K.TANH) or not _plain(z) or \
                 (out is not None and not (_plain(z, out) and _same_shape(z, out)
                                           and _writable(out))):
-            return super().act_forward(kind, z, alpha, out)
+            return super().activation_forward(act, z, out)
         if out is not None and out is not z and np.may_share_memory(z, out):
-            return super().act_forward(kind, z, alpha, out)   # partial overlap
+            return super().activation_forward(act, z, out)   # partial overlap
         zf = _flat(z)
+        alpha = float(act.alpha)
         if code in _ARITHMETIC:
             if out is z:
-                K.act_forward_(zf, code, float(alpha))
+                K.act_forward_(zf, code, alpha)
                 return out
             if out is None:
                 out = np.empty_like(z)
-            K.act_forward(zf, _flat(out), code, float(alpha))
+            K.act_forward(zf, _flat(out), code, alpha)
             return out
         # sigmoid, elu: pre pass, NumPy's vectorised exp/expm1, post pass.
         in_place = out is z
@@ -132,15 +115,16 @@ class NumbaBackend(NumpyBackend):
         tf = _flat(t)
         K.act_pre(zf, tf, code)
         _UFUNC[code](tf, out=tf)
-        K.act_post(zf, tf, code, float(alpha), in_place)
+        K.act_post(zf, tf, code, alpha, in_place)
         return z if in_place else t
 
-    def act_backward(self, kind, y, dy, alpha=0.0, out=None):
-        code = K.ACT_CODES.get(kind)
-        if code is None or code == K.IDENTITY or not (_plain(y, dy) and _same_shape(y, dy)) or \
+    def activation_backward(self, act, y, dy, out=None):
+        code = act.code
+        if code not in _KERNEL_CODES or code == K.IDENTITY or \
+                not (_plain(y, dy) and _same_shape(y, dy)) or \
                 (out is not None and not (_plain(y, out) and _same_shape(y, out)
                                           and _writable(out))):
-            return super().act_backward(kind, y, dy, alpha, out)
+            return super().activation_backward(act, y, dy, out)
         if out is None:
             out, dest = np.empty_like(y), K.TO_OUT
         elif out is dy:
@@ -148,10 +132,10 @@ class NumbaBackend(NumpyBackend):
         elif out is y:
             dest = K.TO_Y
         elif np.may_share_memory(out, y) or np.may_share_memory(out, dy):
-            return super().act_backward(kind, y, dy, alpha, out)   # partial overlap
+            return super().activation_backward(act, y, dy, out)   # partial overlap
         else:
             dest = K.TO_OUT
-        K.act_backward(_flat(y), _flat(dy), _flat(out), code, float(alpha), dest)
+        K.act_backward(_flat(y), _flat(dy), _flat(out), code, float(act.alpha), dest)
         return out
 
     # -- softmax cross-entropy ----------------------------------------------------
@@ -262,13 +246,13 @@ class NumbaBackend(NumpyBackend):
         start = time.perf_counter()
         z = np.linspace(-2, 2, 12, dtype=dt).reshape(3, 4)
         b = np.ones(4, dt)
-        self.linear_forward(z, np.eye(4, dtype=dt), b, out=np.empty_like(z))
-        self.linear_backward(z, np.eye(4, dtype=dt), z, np.empty((4, 4), dt),
-                             np.empty(4, dt))
-        for kind in K.ACT_CODES:
-            y = self.act_forward(kind, z, 0.1)
-            self.bias_act_forward(kind, z.copy(), b, 0.1)
-            self.act_backward(kind, y, z, 0.1)
+        for code in sorted(_KERNEL_CODES):
+            act = SimpleNamespace(code=code, alpha=0.1)    # a code is all a kernel reads
+            self.bias_activation_forward(act, z.copy(), b)
+            if code not in (K.IDENTITY, K.TANH):
+                self.activation_forward(act, z)
+            if code != K.IDENTITY:
+                self.activation_backward(act, z, z)
         q = np.full_like(z, 0.25)
         self.softmax_cross_entropy(z, q)
         self.softmax_cross_entropy_labels(z, np.array([0, 1, 3]))

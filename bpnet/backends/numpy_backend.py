@@ -1,84 +1,46 @@
 """The NumPy backend: the reference implementation of every kernel.
 
 Each method is the plain array expression of a formula derived in the
-docstring of the layer, loss or optimizer that calls it.  The Numba and CuPy
-backends override these methods with fused kernels and must return the same
-numbers (to float32 rounding).  Methods that take ``out`` write their result
-there when it is given, so the hot loop can reuse buffers.
+docstring of the layer, loss or optimizer that calls it; for activations it
+simply runs the layer's own ``f`` / ``dz`` code.  The Numba and CuPy backends
+override these methods with fused kernels and must return the same numbers
+(to float32 rounding).  Methods that take ``out`` write their result there
+when it is given, so the hot loop can reuse buffers.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .base import Backend
-
-ACTIVATIONS = ("identity", "relu", "leaky_relu", "elu", "sigmoid", "tanh")
+from .base import ACTIVATIONS_BY_KIND, Backend
 
 
 class NumpyBackend(Backend):
     name = "numpy"
     xp = np
 
-    # -- dense layer ----------------------------------------------------------
-    def linear_forward(self, x, W, b, out=None):
-        """y = x W + b."""
-        y = self.xp.matmul(x, W, out=out)
-        y += b
-        return y
+    # -- pointwise activations: the layer's own code ------------------------------
+    def activation_forward(self, act, z, out=None):
+        """y = f(z) by the activation layer's own code, ``act.f``."""
+        y = act.f(self.xp, z)
+        return y if out is None else _assign(out, y)
 
-    def linear_backward(self, x, W, dy, dW, db, need_dx=True):
-        """dW = xᵀ dy, db = Σ_rows dy, dx = dy Wᵀ (dW, db written in place)."""
-        self.xp.matmul(x.T, dy, out=dW)
-        dy.sum(axis=0, out=db)
-        return self.xp.matmul(dy, W.T) if need_dx else None
-
-    # -- pointwise activations --------------------------------------------------
-    def act_forward(self, kind, z, alpha=0.0, out=None):
-        """y = f(z) for the activation called ``kind``."""
-        xp = self.xp
-        if kind == "identity":
-            return z if out is None else xp.copyto(out, z) or out
-        if kind == "relu":
-            return xp.maximum(z, 0, out=out)
-        if kind == "leaky_relu":
-            return xp.where(z > 0, z, alpha * z) if out is None else \
-                _assign(out, xp.where(z > 0, z, alpha * z))
-        if kind == "elu":
-            y = xp.where(z > 0, z, alpha * xp.expm1(xp.minimum(z, 0)))
-            return y if out is None else _assign(out, y)
-        if kind == "sigmoid":
-            # 1/(1+e^-z) written so that exp never overflows:
-            # z >= 0: 1/(1+e^-z);  z < 0: e^z/(1+e^z)
-            e = xp.exp(-xp.abs(z))
-            y = xp.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(z.dtype, copy=False)
-            return y if out is None else _assign(out, y)
-        if kind == "tanh":
-            return xp.tanh(z, out=out)
-        raise ValueError(f"unknown activation {kind!r}")
-
-    def bias_act_forward(self, kind, z, b, alpha=0.0):
-        """z ← f(z + b) in place (z is a fresh x W product), returns z."""
+    def bias_activation_forward(self, act, z, b):
+        """y = f(z + b) for z a fresh x W product, which it may overwrite (z += b here;
+        the fused kernels also write y over it and return z)."""
         z += b
-        return self.act_forward(kind, z, alpha, out=z)
+        return act.f(self.xp, z)
 
-    def act_backward(self, kind, y, dy, alpha=0.0, out=None):
-        """dz = dy ⊙ f'(z), with f'(z) written in terms of the output y = f(z)."""
-        xp = self.xp
-        if kind == "identity":
-            d = dy
-        elif kind == "relu":
-            d = dy * (y > 0)
-        elif kind == "leaky_relu":
-            d = xp.where(y > 0, dy, alpha * dy)
-        elif kind == "elu":
-            d = xp.where(y > 0, dy, dy * (y + alpha))
-        elif kind == "sigmoid":
-            d = dy * y * (1 - y)
-        elif kind == "tanh":
-            d = dy * (1 - y * y)
-        else:
-            raise ValueError(f"unknown activation {kind!r}")
+    def activation_backward(self, act, y, dy, out=None):
+        """dz = dy ⊙ f'(z) by the layer's own code, ``act.dz`` (f' written from y = f(z))."""
+        d = act.dz(self.xp, y, dy)
         return d if out is None else _assign(out, d)
+
+    def act_forward(self, kind, z, alpha=0.0):
+        """Deprecated: ``activation_forward`` for the activation layer class whose
+        ``kind`` is ``kind``.  Kept only until the last caller passes the layer."""
+        act = ACTIVATIONS_BY_KIND[kind]()
+        act.alpha = float(alpha)
+        return self.activation_forward(act, z)
 
     # -- softmax cross-entropy (forward and backward in one pass) ---------------
     def log_softmax(self, z):

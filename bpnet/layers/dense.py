@@ -18,6 +18,13 @@ class Dense(Layer):
     * ∂L/∂b_j  = Σ_n dy_nj                 →  db = dy summed over the batch
     * ∂L/∂x_ni = Σ_j dy_nj W_ij            →  dx = dy Wᵀ
 
+    ``forward`` and ``backward`` below are these lines as code.  dW and db
+    are written into ``grads`` in place (inside a model they are views into
+    one flat gradient buffer); dx is skipped when ``needs_input_grad`` is
+    False (the first layer: nothing upstream wants it).  Followed by an
+    activation inside a model, the forward runs as one fused step instead
+    (:class:`~bpnet.layers.fused.DenseActivation`).
+
     Parameters
     ----------
     units : number of outputs.
@@ -61,12 +68,16 @@ class Dense(Layer):
         self._ensure_built(x)
         self._check_features(x, self.in_features)
         self.x = x
-        return self.backend.linear_forward(x, self.params["W"], self.params["b"])
+        y = self.backend.xp.matmul(x, self.params["W"])     # y = x W
+        y += self.params["b"]                                 #   + b, in place
+        return y
 
     def backward(self, dy):
         self._require_forward("x")
-        return self.backend.linear_backward(self.x, self.params["W"], dy, self.grads["W"],
-                                            self.grads["b"], need_dx=self.needs_input_grad)
+        xp, W, grads = self.backend.xp, self.params["W"], self.grads
+        xp.matmul(self.x.T, dy, out=grads["W"])             # dW = xᵀ dy
+        dy.sum(axis=0, out=grads["b"])                        # db = Σ_n dy
+        return xp.matmul(dy, W.T) if self.needs_input_grad else None   # dx = dy Wᵀ
 
     def reset_parameters(self, rng, init=None):
         """Draw fresh W (with ``init`` or the layer's own initialiser) and zero b."""

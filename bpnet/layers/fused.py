@@ -9,24 +9,33 @@ class DenseActivation:
     """A Dense layer and the activation after it, run as one step.
 
     Forward computes z = x W, then z ← f(z + b) in one fused pass
-    (``backend.bias_act_forward``) instead of a bias pass and an activation
-    pass; both layers keep what their own ``backward`` needs, so backward is
-    simply the activation's backward followed by the Dense layer's.
+    (``backend.bias_activation_forward``: a kernel on the Numba and CuPy
+    backends, the activation's own ``f`` on NumPy) instead of a bias pass and
+    an activation pass; both layers keep what their own ``backward`` needs, so
+    backward is simply the activation's backward followed by the Dense layer's.
     """
 
     def __init__(self, dense, activation):
         self.dense, self.activation = dense, activation
 
+    @property
+    def name(self):
+        """The two layers' names joined by "+", e.g. ``"dense_1+relu"``."""
+        return f"{self.dense.name}+{self.activation.name}"
+
     def forward(self, x, training):
         dense, act = self.dense, self.activation
         dense._check_features(x, dense.in_features)
         dense.x = x
-        z = dense.backend.xp.matmul(x, dense.params["W"])
-        act.y = dense.backend.bias_act_forward(act.kind, z, dense.params["b"], act.alpha)
+        z = dense.backend.xp.matmul(x, dense.params["W"])                    # z = x W
+        act.y = dense.backend.bias_activation_forward(act, z, dense.params["b"])   # y = f(z + b)
         return act.y
 
     def backward(self, dy):
         return self.dense.backward(self.activation.backward(dy))
+
+    def __repr__(self):
+        return f"DenseActivation({self.name})"
 
 
 def fuse_dense_activation(layers):

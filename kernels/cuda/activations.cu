@@ -1,23 +1,22 @@
 // Pointwise activations for the CuPy backend: bias-add + activation forward
 // and activation backward, one fused pass over a row-major buffer.
 //
-// Each kernel mirrors NumpyBackend.act_forward / act_backward expression for
-// expression.  The host compiles this file with NVRTC and "--fmad=false", so
-// every +, -, *, / is rounded on its own exactly as NumPy rounds it; only the
-// library functions (exp, expm1, tanh) may differ from NumPy by an ulp or two.
+// Each kernel is the fused form of an activation layer's own f / dz code
+// (bpnet/layers/activations.py), expression for expression.  The host
+// compiles this file with NVRTC and "--fmad=false", so every +, -, *, / is
+// rounded on its own exactly as NumPy rounds it; only the library functions
+// (exp, expm1, tanh) may differ from NumPy by an ulp or two.
 //
-// Activation codes are the positions of the names in
-// bpnet.backends.numpy_backend.ACTIVATIONS:
-//   0 identity, 1 relu, 2 leaky_relu, 3 elu, 4 sigmoid, 5 tanh.
+// The activation codes ACT_IDENTITY, ACT_RELU, ... are not written here: they
+// come from the one table in kernels/activation_codes.py, passed on the
+// compiler command line as -DACT_RELU=1 ... (cuda_defines() there).
 //
 // No headers are included: NVRTC compiles this file as it is.
 
-#define BP_IDENTITY 0
-#define BP_RELU 1
-#define BP_LEAKY_RELU 2
-#define BP_ELU 3
-#define BP_SIGMOID 4
-#define BP_TANH 5
+#if !defined(ACT_IDENTITY) || !defined(ACT_RELU) || !defined(ACT_LEAKY_RELU) || \
+    !defined(ACT_ELU) || !defined(ACT_SIGMOID) || !defined(ACT_TANH)
+#error "compile with the -DACT_<NAME>=<code> definitions of kernels/activation_codes.py"
+#endif
 
 // Grid-stride loop over [0, n) with 64-bit indices.
 #define BP_GRID_STRIDE(i, n)                                                 \
@@ -37,17 +36,17 @@ __device__ __forceinline__ double bp_fabs(double x) { return fabs(x); }
 template <typename T, int K>
 __device__ __forceinline__ T bp_act(T z, T alpha) {
   switch (K) {
-    case BP_RELU:  // maximum(z, 0); a NaN passes through as in NumPy
+    case ACT_RELU:  // maximum(z, 0); a NaN passes through as in NumPy
       return z < T(0) ? T(0) : z;
-    case BP_LEAKY_RELU:
+    case ACT_LEAKY_RELU:
       return z > T(0) ? z : alpha * z;
-    case BP_ELU:  // for z <= 0 (or NaN), minimum(z, 0) == z
+    case ACT_ELU:  // for z <= 0 (or NaN), minimum(z, 0) == z
       return z > T(0) ? z : alpha * bp_expm1(z);
-    case BP_SIGMOID: {  // exp never overflows: e = exp(-|z|) <= 1
+    case ACT_SIGMOID: {  // exp never overflows: e = exp(-|z|) <= 1
       const T e = bp_exp(-bp_fabs(z));
       return z >= T(0) ? T(1) / (T(1) + e) : e / (T(1) + e);
     }
-    case BP_TANH:
+    case ACT_TANH:
       return bp_tanh(z);
     default:
       return z;
@@ -58,15 +57,15 @@ __device__ __forceinline__ T bp_act(T z, T alpha) {
 template <typename T, int K>
 __device__ __forceinline__ T bp_act_grad(T y, T dy, T alpha) {
   switch (K) {
-    case BP_RELU:
+    case ACT_RELU:
       return dy * (y > T(0) ? T(1) : T(0));
-    case BP_LEAKY_RELU:
+    case ACT_LEAKY_RELU:
       return y > T(0) ? dy : alpha * dy;
-    case BP_ELU:  // f'(z) = alpha e^z = y + alpha for z <= 0
+    case ACT_ELU:  // f'(z) = alpha e^z = y + alpha for z <= 0
       return y > T(0) ? dy : dy * (y + alpha);
-    case BP_SIGMOID:
+    case ACT_SIGMOID:
       return dy * y * (T(1) - y);
-    case BP_TANH:
+    case ACT_TANH:
       return dy * (T(1) - y * y);
     default:
       return dy;
@@ -95,14 +94,14 @@ __device__ void bp_act_backward_loop(const T* y, const T* dy, T* dz,
 
 // Turn the run-time code into a compile-time one (the code is the same for
 // every thread, so this branch never diverges).
-#define BP_DISPATCH(kind, LOOP, T, ...)                                      \
-  switch (kind) {                                                            \
-    case BP_RELU: LOOP<T, BP_RELU>(__VA_ARGS__); break;                      \
-    case BP_LEAKY_RELU: LOOP<T, BP_LEAKY_RELU>(__VA_ARGS__); break;          \
-    case BP_ELU: LOOP<T, BP_ELU>(__VA_ARGS__); break;                        \
-    case BP_SIGMOID: LOOP<T, BP_SIGMOID>(__VA_ARGS__); break;                \
-    case BP_TANH: LOOP<T, BP_TANH>(__VA_ARGS__); break;                      \
-    default: LOOP<T, BP_IDENTITY>(__VA_ARGS__); break;                       \
+#define BP_DISPATCH(kind, LOOP, T, ...)                                       \
+  switch (kind) {                                                             \
+    case ACT_RELU: LOOP<T, ACT_RELU>(__VA_ARGS__); break;                     \
+    case ACT_LEAKY_RELU: LOOP<T, ACT_LEAKY_RELU>(__VA_ARGS__); break;         \
+    case ACT_ELU: LOOP<T, ACT_ELU>(__VA_ARGS__); break;                       \
+    case ACT_SIGMOID: LOOP<T, ACT_SIGMOID>(__VA_ARGS__); break;               \
+    case ACT_TANH: LOOP<T, ACT_TANH>(__VA_ARGS__); break;                     \
+    default: LOOP<T, ACT_IDENTITY>(__VA_ARGS__); break;                       \
   }
 
 extern "C" __global__ void act_forward_f32(const float* z, float* y,
