@@ -322,3 +322,28 @@ def test_example_08_rnn_by_hand(tmp_path):
     verdicts = re.findall(r"gain (\S+) +ρ\(U\) = (\S+) +ratio (\S+) +(\w+)", out)
     assert [(g, v) for g, _, _, v in verdicts] == [("0.5", "vanishing"), ("1.0", "kept"), ("3.0", "exploding")]
     assert all(float(rho) == pytest.approx(float(g), abs=0.01) for g, rho, _, _ in verdicts)
+
+
+class _ForgotTanhPrime(RNN):
+    """A BPTT slip: δ_t = g_t, as if tanh' were 1."""
+
+    def _phi_grad(self, h):
+        return 1
+
+
+def test_a_bptt_bug_fails_the_gradient_check_and_check_gradients_names_the_layer():
+    from bpnet import GradcheckError
+    from bpnet.doctor.gradients import check_gradients
+    x = np.random.default_rng(6).standard_normal((3, 6, 2))
+    with pytest.raises(GradcheckError, match="gradient check failed"):
+        gradcheck(build_layer(_ForgotTanhPrime(4), (6, 2)), x)
+    y = np.array([0, 1, 2])
+    good = Sequential([RNN(4), Dense(3)], seed=0, backend="numpy")
+    good.compile(loss="cross_entropy", optimizer=SGD(lr=0.1))
+    good.build((6, 2))
+    assert check_gradients(good, x, y) == []
+    bad = Sequential([_ForgotTanhPrime(4), Dense(3)], seed=0, backend="numpy")
+    bad.compile(loss="cross_entropy", optimizer=SGD(lr=0.1))
+    bad.build((6, 2))
+    (f,) = check_gradients(bad, x, y)
+    assert f.code == "WRONG_GRADIENT" and f.where == "layer 0" and f.evidence["rel_error"] > 1e-2
