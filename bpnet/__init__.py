@@ -8,7 +8,7 @@
 from . import data, init
 from .backends import available_backends, get_backend
 from .callbacks import (Callback, EarlyStopping, GradientClipping, LearningRateScheduler, ModelCheckpoint,
-                        NaNGuard, ReduceLROnPlateau, Reinitialize, TerminateOnNaN)
+                        NaNGuard, ReduceLROnPlateau, Reinitialize, TensorBoard, TerminateOnNaN)
 from .clip import clip_grad_norm, clip_grad_value
 from .distributed import DistributedTrainer
 from .env import show_versions
@@ -24,6 +24,7 @@ from .mixed_precision import LossScaler
 from .model import Sequential
 from . import doctor
 from .doctor import Monitor, detect_anomaly
+from .doctor import report as _report  # noqa: F401  (registers History.report's writer)
 from .optim import SGD, Adam, AdamW, Optimizer, RMSProp
 from .schedules import CosineAnnealing, ExponentialLR, LinearWarmup, StepLR
 
@@ -41,5 +42,5 @@ __all__ = [
     "doctor", "Monitor", "detect_anomaly", "show_versions",
     "EarlyStopping", "ReduceLROnPlateau", "TerminateOnNaN", "ModelCheckpoint", "NaNGuard", "Reinitialize",
     "GradientClipping", "LearningRateScheduler", "StepLR", "ExponentialLR", "CosineAnnealing", "LinearWarmup",
-    "LossScaler",
+    "LossScaler", "TensorBoard",
 ]

@@ -5,6 +5,8 @@ import csv
 import json
 import math
 
+from .errors import ConfigError
+
 
 class History:
     """Per-epoch metrics (``history["loss"]``, ``history["val_accuracy"]``, ...).
@@ -83,6 +85,21 @@ class History:
         """Loss and metric curves (needs matplotlib); see :mod:`bpnet.plot`."""
         from .plot import plot_history
         return plot_history(self, path=path, **kwargs)
+
+    #: ``(history, path, **kwargs) -> path``; the doctor's report module sets it when imported
+    _report_writer = None
+
+    def report(self, path, **kwargs):
+        """Write a self-contained HTML diagnosis report of this run to ``path``; return ``path``.
+
+        ``model=`` and ``x=`` add histograms of every layer's output; see
+        ``bpnet.doctor.report.write_html_report`` for the rest.
+        """
+        writer = History._report_writer
+        if writer is None:
+            raise ConfigError("History.report: no report writer is registered; it comes with the doctor "
+                              "(import bpnet, or import bpnet.doctor.report, before calling it)")
+        return writer(self, path, **kwargs)
 
 
 def _json_default(value):

@@ -12,7 +12,8 @@ from .checkpointing import ModelCheckpoint
 from .recovery import GradientClipping, NaNGuard, Reinitialize, flat_slice
 from .schedule import LearningRateScheduler, ScheduleCallback
 from .stopping import EarlyStopping, ReduceLROnPlateau, TerminateOnNaN
+from .tensorboard import TensorBoard
 
 __all__ = ["Callback", "CallbackList", "ProgressBar", "EarlyStopping", "ReduceLROnPlateau", "TerminateOnNaN",
            "ModelCheckpoint", "GradientClipping", "NaNGuard", "Reinitialize", "flat_slice",
-           "LearningRateScheduler", "ScheduleCallback", "TrainingState"]
+           "LearningRateScheduler", "ScheduleCallback", "TrainingState", "TensorBoard"]
