@@ -347,3 +347,15 @@ def test_a_bptt_bug_fails_the_gradient_check_and_check_gradients_names_the_layer
     bad.build((6, 2))
     (f,) = check_gradients(bad, x, y)
     assert f.code == "WRONG_GRADIENT" and f.where == "layer 0" and f.evidence["rel_error"] > 1e-2
+
+
+@pytest.mark.parametrize("make", ["orthogonal x 1.5", "gaussian", "small"])
+def test_monitor_estimates_the_spectral_radius_of_a_large_U(make):
+    from bpnet.doctor.through_time import spectral_radius
+    rng = np.random.default_rng(7)
+    U = {"orthogonal x 1.5": 1.5 * init.orthogonal((160, 160), rng, np.float64),
+         "gaussian": rng.standard_normal((160, 160)) / np.sqrt(160),
+         "small": 0.02 * rng.standard_normal((160, 160))}[make]
+    layer = build_layer(RNN(160, recurrent_init=lambda shape, r, dtype: U.astype(dtype)), (3, 2))
+    exact = layer.spectral_radius()
+    assert spectral_radius(layer) == pytest.approx(exact, rel=0.05)

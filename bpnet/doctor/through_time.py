@@ -14,7 +14,8 @@ True`` (path ``<l>``):
 ``dh_norm/<l>/middle``     ‖∂L/∂h_t‖ at t = ⌈T/2⌉
 ``dh_norm/<l>/last``       ‖∂L/∂h_T‖, at the last step
 ``seq_len/<l>``            T
-``spectral_radius/<l>``    ρ(U) = max |eigenvalue| of the recurrent matrix
+``spectral_radius/<l>``    ρ(U) = max |eigenvalue| of the recurrent matrix (exact up to 64
+                           units; above, estimated by power iteration, see below)
 =========================  =========================================================
 
 and :func:`diagnose` reads them:
@@ -43,6 +44,7 @@ from .findings import Finding
 
 TIME_VANISH_RATIO = 1e-5
 TIME_EXPLODE_RATIO = 1e2
+EXACT_RHO_UNITS = 64        # eigvals costs O(H³) per record: 0.1 s at H = 128 on a busy CPU, 2 s at 512
 _PROBES = ("first", "middle", "last")
 
 
@@ -59,8 +61,35 @@ def measure(model) -> dict:
         for probe, t in at.items():
             rec[f"dh_norm/{path}/{probe}"] = _norm(xp, grads[t])
         rec[f"seq_len/{path}"] = steps
-        rec[f"spectral_radius/{path}"] = layer.spectral_radius()
+        rec[f"spectral_radius/{path}"] = spectral_radius(layer)
     return rec
+
+
+def spectral_radius(layer, burn_in: int = 16, steps: int = 64) -> float:
+    """ρ(U) of a recurrent layer: exact (``layer.spectral_radius()``) up to ``EXACT_RHO_UNITS``
+    units, else the growth rate of power iteration, (‖U^k V‖ / ‖U^j V‖)^(1/(k-j)) with
+    j = ``burn_in`` and k = j + ``steps``, for 4 fixed random vectors V.
+
+    Gelfand: ‖U^k v‖^(1/k) → ρ(U) for almost every v; after the burn-in the
+    estimate is within about 2 % (slightly low) for Gaussian, orthogonal and
+    trained matrices of 128-256 units, in about 1 ms.
+    """
+    U = layer.params["U"]
+    if U.shape[0] <= EXACT_RHO_UNITS:
+        return layer.spectral_radius()
+    U = np.asarray(layer.backend.to_numpy(U), dtype=np.float64)
+    if not np.isfinite(U).all():
+        return math.nan
+    v = np.random.default_rng(0).standard_normal((U.shape[0], 4))
+    log_growth = 0.0
+    for i in range(burn_in + steps):
+        v = U @ v
+        norm = float(np.linalg.norm(v))
+        if norm == 0.0:
+            return 0.0
+        log_growth += math.log(norm) if i >= burn_in else 0.0
+        v /= norm
+    return math.exp(log_growth / steps)
 
 
 def _norm(xp, a) -> float:
