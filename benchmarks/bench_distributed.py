@@ -100,7 +100,7 @@ def main():
     from bpnet.distributed import find_mpiexec
     mpiexec = find_mpiexec()
     if mpiexec is None:
-        raise SystemExit("no mpiexec found: pip install 'bpnet[mpi]' (mpi4py + the mpich wheel)")
+        raise SystemExit("no mpiexec found: pip install 'bpnet-framework[mpi]' (mpi4py + the mpich wheel)")
     from mpi4py import MPI  # noqa: F401  (fail early, with the import error, when mpi4py is missing)
     configs = [(1, 1), (2, 1), (1, 2)]
     runs = {c: [] for c in configs}

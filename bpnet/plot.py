@@ -21,7 +21,7 @@ def _figure(nrows=1, ncols=1, size=(6.0, 4.0)):
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError as exc:
-        raise ImportError("bpnet.plot needs matplotlib: pip install 'bpnet[plot]'") from exc
+        raise ImportError("bpnet.plot needs matplotlib: pip install 'bpnet-framework[plot]'") from exc
     fig = Figure(figsize=(size[0] * ncols, size[1] * nrows), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(nrows, ncols, squeeze=False)

@@ -48,7 +48,7 @@ try:
     from sklearn.utils.validation import check_is_fitted
 except ImportError as exc:      # pragma: no cover - exercised only without scikit-learn
     raise MissingDependencyError(
-        "bpnet.sklearn needs scikit-learn: pip install 'bpnet[sklearn]' (or pip install scikit-learn)"
+        "bpnet.sklearn needs scikit-learn: pip install 'bpnet-framework[sklearn]' (or pip install scikit-learn)"
     ) from exc
 
 try:                                       # scikit-learn >= 1.6

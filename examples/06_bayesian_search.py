@@ -5,7 +5,7 @@ score as a function of the hyper-parameters and proposes promising settings
 next.  This script uses Optuna (TPE) when installed, else scikit-optimize's
 ``BayesSearchCV``, else it says how to install one and exits cleanly.
 
-    pip install 'bpnet[optuna]'          # or: pip install scikit-optimize
+    pip install 'bpnet-framework[optuna]'          # or: pip install scikit-optimize
     python examples/06_bayesian_search.py
 """
 import sys
@@ -69,7 +69,7 @@ def main() -> int:
         except ImportError:
             print("This example needs Optuna or scikit-optimize, and neither is installed.\n"
                   "Install one of them and run it again:\n"
-                  "    pip install 'bpnet[optuna]'      (or: pip install optuna)\n"
+                  "    pip install 'bpnet-framework[optuna]'      (or: pip install optuna)\n"
                   "    pip install scikit-optimize\n"
                   "For a search without extra packages see examples/05_sklearn_grid_search.py.")
             return 0

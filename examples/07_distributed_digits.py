@@ -5,7 +5,7 @@ the gradient on its own slice of the global batch, one all-reduce averages the
 gradients, and every rank applies the same update.  With per-rank batch B on N
 ranks the result is the one you get from a single process with batch N·B.
 
-    pip install 'bpnet[mpi]'                                   # mpi4py + the mpich wheel (mpiexec)
+    pip install 'bpnet-framework[mpi]'                                   # mpi4py + the mpich wheel (mpiexec)
     mpiexec -n 2 python examples/07_distributed_digits.py
     mpiexec -n 1 python examples/07_distributed_digits.py --resume   # continue on another rank count
 

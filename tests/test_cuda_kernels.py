@@ -162,12 +162,12 @@ def test_cupy_backend_unavailable_says_why():
     with pytest.raises(BackendError) as info:
         get_backend("cupy")
     message = str(info.value)
-    assert 'pip install "bpnet[gpu]"' in message or "no CUDA GPU" in message
+    assert 'pip install "bpnet-framework[gpu]"' in message or "no CUDA GPU" in message
 
 
 def test_missing_cupy_message(monkeypatch):
     monkeypatch.setitem(sys.modules, "cupy", None)  # import cupy -> ImportError
-    with pytest.raises(BackendError, match=re.escape('CuPy is not installed: pip install "bpnet[gpu]"')):
+    with pytest.raises(BackendError, match=re.escape('CuPy is not installed: pip install "bpnet-framework[gpu]"')):
         CupyBackend()
 
 

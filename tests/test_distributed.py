@@ -25,7 +25,7 @@ from mpi_common import CLASS_WEIGHTS, PER_RANK_BATCH, flat, make_data, make_mode
 MPIEXEC = find_mpiexec()
 needs_mpi = pytest.mark.skipif(
     importlib.util.find_spec("mpi4py") is None or MPIEXEC is None,
-    reason="needs mpi4py and an mpiexec launcher: pip install 'bpnet[mpi]' (mpi4py + the mpich wheel)")
+    reason="needs mpi4py and an mpiexec launcher: pip install 'bpnet-framework[mpi]' (mpi4py + the mpich wheel)")
 
 
 def run_mpi(script, n, *args, timeout=60):

@@ -71,13 +71,13 @@ def test_05_grid_search_scores_eight_settings(tmp_path):
 def test_06_bayesian_search_runs_or_says_what_to_install(tmp_path):
     out = run_example("06_bayesian_search.py", tmp_path)
     if importlib.util.find_spec("optuna") is None and importlib.util.find_spec("skopt") is None:
-        assert "pip install 'bpnet[optuna]'" in out
+        assert "pip install 'bpnet-framework[optuna]'" in out
     else:
         assert float(re.search(r"test accuracy with the best parameters: ([\d.]+)", out).group(1)) >= 0.9
 
 
 @pytest.mark.skipif(importlib.util.find_spec("mpi4py") is None or find_mpiexec() is None,
-                    reason="needs mpi4py and an mpiexec launcher: pip install 'bpnet[mpi]'")
+                    reason="needs mpi4py and an mpiexec launcher: pip install 'bpnet-framework[mpi]'")
 def test_07_distributed_run_resumes_on_one_rank_like_a_single_process(tmp_path):
     two, one = tmp_path / "two_then_one", tmp_path / "one"
     two.mkdir(), one.mkdir()

@@ -83,7 +83,7 @@ class CupyBackend(NumpyBackend):
             import cupy
         except ImportError as exc:
             raise BackendError(
-                'CuPy is not installed: pip install "bpnet[gpu]" '
+                'CuPy is not installed: pip install "bpnet-framework[gpu]" '
                 f"(or use backend='numpy'); importing cupy failed with: {exc}") from exc
         try:
             count = cupy.cuda.runtime.getDeviceCount()

@@ -22,7 +22,7 @@ def _mpi():
         from mpi4py import MPI
     except ImportError as exc:
         raise MissingDependencyError(
-            "distributed training needs mpi4py and an MPI library: pip install 'bpnet[mpi]' "
+            "distributed training needs mpi4py and an MPI library: pip install 'bpnet-framework[mpi]' "
             "(mpi4py plus the mpich wheel), then launch with `mpiexec -n 2 python script.py`") from exc
     return MPI
 

@@ -21,7 +21,7 @@ def _figure(nrows, ncols, size):
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError as exc:                      # pragma: no cover - matplotlib is in the dev extra
-        raise ImportError("bpnet.lab.plot needs matplotlib: pip install 'bpnet[plot]'") from exc
+        raise ImportError("bpnet.lab.plot needs matplotlib: pip install 'bpnet-framework[plot]'") from exc
     fig = Figure(figsize=size, layout="constrained")
     FigureCanvasAgg(fig)
     return fig, fig.subplots(nrows, ncols, squeeze=False)
