@@ -3,11 +3,14 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench dist clean
 
+# The distribution is bpnet-framework (import bpnet, command bpnet); an older .venv may still hold
+# the checkout under its former distribution name "bpnet", which is removed first.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
+	$(PIP) uninstall --quiet --yes bpnet 2>/dev/null || true
 	$(PIP) install --quiet -e ".[dev,mpi]"
 	touch $@
 
@@ -25,5 +28,8 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_profiler.py
 	$(PY) benchmarks/bench_distributed.py
 
+dist: $(VENV)/.installed
+	$(PY) -m build --outdir dist .
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache
