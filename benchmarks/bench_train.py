@@ -1,20 +1,30 @@
-"""Training speed and memory: bpnet (numpy, numba backends) vs PyTorch on the CPU.
+"""Training speed and memory: bpnet vs PyTorch, JAX and scikit-learn on the CPU.
 
 Each framework runs in its own worker process (so peak RSS is its own), with
 the same thread count for BLAS / intra-op parallelism, on the same batches,
 in interleaved rounds (``--rounds``) so that a slow spell on a shared machine
-hits every framework alike:
+hits every framework alike.  Cases (Adam, float32):
 
-* MLP 784-512-256-10, ReLU, softmax cross-entropy, Adam; batch 32, 128, 1024;
-* tiny 2-16-16-1, tanh, MSE, Adam; batch 32 (per-step overhead dominates).
+* MLP 784-512-256-10, ReLU, softmax cross-entropy; batch 32, 128, 1024;
+* tiny 2-16-16-1, tanh, MSE; batch 32 (per-step overhead dominates);
+* deep 64-(256x8)-10, ReLU, softmax cross-entropy; batch 256 (per-layer overhead).
 
 A step is forward + loss + backward + optimizer update.  For every case the
 worker times ``--repeats`` blocks of steps after a warm-up and reports the
-median; the table shows samples/s, the ratio to PyTorch, GFLOP/s
-(6 · batch · Σ in·out per step) against the measured float32 matmul ceiling,
-and each worker's peak RSS.
+median; the table shows samples/s, bpnet's ratio to each peer, GFLOP/s
+(6 · batch · Σ in·out per step), and the **step efficiency**: the time the
+step's matrix products take when each is timed alone (NumPy, same shapes and
+layouts, no dL/dX for the input) divided by the measured step, so 1.0 is the
+limit of a step made only of matrix products.  JAX jit-compiles the whole
+step (XLA); scikit-learn's ``MLPClassifier``/``MLPRegressor.partial_fit`` on one
+batch is one Adam step of its NumPy backprop.  Peers that are not installed
+are skipped with a note (``pip install jax scikit-learn torch==2.13.0``).
 
-    python benchmarks/bench_train.py [--threads N] [--repeats 7] [--quick]
+Start-up: a 20-line script that trains a tiny net is timed end to end (wall
+time and peak RSS) with bpnet's default backend and with ``backend="numpy"``.
+
+    python benchmarks/bench_train.py [--threads N] [--repeats 5] [--rounds 3] [--quick]
+    OPENBLAS_CORETYPE=Haswell python benchmarks/bench_train.py   # the AVX2 kernels on an AVX-512 CPU
 """
 from __future__ import annotations
 
@@ -32,8 +42,11 @@ CASES = [
     ("mlp", (784, 512, 256, 10), 128),
     ("mlp", (784, 512, 256, 10), 1024),
     ("tiny", (2, 16, 16, 1), 32),
+    ("deep", (64,) + (256,) * 8 + (10,), 256),
 ]
-FRAMEWORKS = ["torch", "bpnet-numpy", "bpnet-numba"]
+PEERS = ["torch", "jax", "sklearn"]
+FRAMEWORKS = PEERS + ["bpnet-numpy", "bpnet-numba"]
+PEER_PACKAGES = {"torch": "torch", "jax": "jax", "sklearn": "sklearn"}
 
 
 def flops_per_step(sizes, batch):
@@ -65,7 +78,7 @@ def make_data(sizes, batch, n_batches, seed=0):
 def torch_stepper(kind, sizes, seed=0):
     import torch
     torch.manual_seed(seed)
-    act = torch.nn.ReLU if kind == "mlp" else torch.nn.Tanh
+    act = torch.nn.Tanh if kind == "tiny" else torch.nn.ReLU
     layers = []
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
         layers.append(torch.nn.Linear(a, b))
@@ -73,7 +86,7 @@ def torch_stepper(kind, sizes, seed=0):
             layers.append(act())
     net = torch.nn.Sequential(*layers)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    loss_fn = torch.nn.CrossEntropyLoss() if kind == "mlp" else torch.nn.MSELoss()
+    loss_fn = torch.nn.MSELoss() if kind == "tiny" else torch.nn.CrossEntropyLoss()
 
     def convert(xs, ys):
         return [torch.from_numpy(x) for x in xs], [torch.from_numpy(y) for y in ys]
@@ -88,14 +101,14 @@ def torch_stepper(kind, sizes, seed=0):
 
 def bpnet_stepper(kind, sizes, backend, seed=0):
     from bpnet import Adam, Dense, ReLU, Sequential, Tanh
-    act = ReLU if kind == "mlp" else Tanh
+    act = Tanh if kind == "tiny" else ReLU
     layers = []
     for i, b in enumerate(sizes[1:]):
-        layers.append(Dense(b, init="he_uniform" if kind == "mlp" else "xavier_uniform"))
+        layers.append(Dense(b, init="xavier_uniform" if kind == "tiny" else "he_uniform"))
         if i < len(sizes) - 2:
             layers.append(act())
     model = Sequential(layers, seed=seed, backend=backend)
-    model.compile(loss="cross_entropy" if kind == "mlp" else "mse", optimizer=Adam(lr=1e-3))
+    model.compile(loss="mse" if kind == "tiny" else "cross_entropy", optimizer=Adam(lr=1e-3))
     model.build((sizes[0],))
     model.layers[0].needs_input_grad = False      # as in fit: nobody reads dL/dX
     model.loss.trusted = True                     # labels validated once, as in fit
@@ -112,9 +125,109 @@ def bpnet_stepper(kind, sizes, backend, seed=0):
     return convert, step
 
 
+def jax_stepper(kind, sizes, seed=0):
+    """The whole step (forward, loss, gradient, Adam) jit-compiled by XLA."""
+    import jax
+    import jax.numpy as jnp
+    key = jax.random.PRNGKey(seed)
+    params = []
+    for a, b in zip(sizes[:-1], sizes[1:]):
+        key, sub = jax.random.split(key)
+        bound = (6.0 / (a + b)) ** 0.5 if kind == "tiny" else (6.0 / a) ** 0.5
+        params.append((jax.random.uniform(sub, (a, b), jnp.float32, -bound, bound), jnp.zeros((b,), jnp.float32)))
+    act = jnp.tanh if kind == "tiny" else jax.nn.relu
+
+    def loss_fn(params, x, y):
+        h = x
+        for i, (W, b) in enumerate(params):
+            h = h @ W + b
+            if i < len(params) - 1:
+                h = act(h)
+        if kind == "tiny":
+            return jnp.mean((h - y) ** 2)
+        logp = jax.nn.log_softmax(h)
+        return -jnp.mean(jnp.take_along_axis(logp, y[:, None], axis=1))
+
+    b1, b2, eps, lr = 0.9, 0.999, 1e-8, 1e-3
+
+    @jax.jit
+    def update(params, m, v, t, x, y):
+        g = jax.grad(loss_fn)(params, x, y)
+        t = t + 1
+        m = jax.tree_util.tree_map(lambda m, g: b1 * m + (1 - b1) * g, m, g)
+        v = jax.tree_util.tree_map(lambda v, g: b2 * v + (1 - b2) * g * g, v, g)
+        step = lr * jnp.sqrt(1 - b2 ** t) / (1 - b1 ** t)
+        params = jax.tree_util.tree_map(lambda p, m, v: p - step * m / (jnp.sqrt(v) + eps), params, m, v)
+        return params, m, v, t
+
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+    state = [params, zeros, zeros, jnp.float32(0)]
+
+    def convert(xs, ys):
+        return [jnp.asarray(x) for x in xs], [jnp.asarray(y) for y in ys]
+
+    def step(x, y):
+        state[:] = update(*state, x, y)
+        state[0][0][0].block_until_ready()
+    return convert, step
+
+
+def sklearn_stepper(kind, sizes, seed=0):
+    """``partial_fit`` on one batch: one Adam step of scikit-learn's NumPy backprop."""
+    import warnings
+    from sklearn.neural_network import MLPClassifier, MLPRegressor
+    hidden = tuple(sizes[1:-1])
+    common = dict(hidden_layer_sizes=hidden, solver="adam", learning_rate_init=1e-3, random_state=seed,
+                  alpha=0.0)
+    if kind == "tiny":
+        net = MLPRegressor(activation="tanh", **common)
+    else:
+        net = MLPClassifier(activation="relu", **common)
+    classes = list(range(sizes[-1]))
+    warnings.filterwarnings("ignore")
+
+    def convert(xs, ys):
+        return xs, [y.ravel() for y in ys] if kind == "tiny" else ys
+
+    def step(x, y):
+        net.set_params(batch_size=len(x))
+        if kind == "tiny":
+            net.partial_fit(x, y)
+        else:
+            net.partial_fit(x, y, classes=classes)
+    return convert, step
+
+
+STEPPERS = {"torch": torch_stepper, "jax": jax_stepper, "sklearn": sklearn_stepper}
+
+
+def matmul_bound(sizes, batch, repeats=7):
+    """Seconds the step's matrix products take, each timed alone (NumPy, the step's shapes
+    and layouts): forward x W, backward xᵀ dy and dy Wᵀ (no dL/dX for the input)."""
+    import numpy as np
+    rng = np.random.default_rng(0)
+    total = 0.0
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        x = rng.standard_normal((batch, a)).astype(np.float32)
+        W = rng.standard_normal((a, b)).astype(np.float32)
+        dy = rng.standard_normal((batch, b)).astype(np.float32)
+        products = [(x, W), (x.T, dy)] + ([(dy, W.T)] if i > 0 else [])
+        for p, q in products:
+            out = np.empty((p.shape[0], q.shape[1]), np.float32)
+            reps = max(3, int(2e-3 / max(1e-7, 2 * p.shape[0] * p.shape[1] * q.shape[1] / 1e11)))
+            times = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                for _ in range(reps):
+                    np.matmul(p, q, out=out)
+                times.append((time.perf_counter() - t0) / reps)
+            total += sorted(times)[len(times) // 2]
+    return total
+
+
 def time_case(framework, kind, sizes, batch, repeats, quick):
-    if framework == "torch":
-        convert, step = torch_stepper(kind, sizes)
+    if framework in STEPPERS:
+        convert, step = STEPPERS[framework](kind, sizes)
     else:
         convert, step = bpnet_stepper(kind, sizes, framework.split("-")[1])
     xs, ys = convert(*make_data(sizes, batch, 16))
@@ -143,6 +256,10 @@ def set_threads(framework, n):
     if framework == "torch":          # only the torch worker imports torch
         import torch
         torch.set_num_threads(n)
+    if framework == "jax":            # XLA's CPU thread pool, set before jax is imported
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                                   f" --xla_cpu_multi_thread_eigen={'true' if n > 1 else 'false'}"
+                                   f" intra_op_parallelism_threads={n}").strip()
 
 
 def worker(framework, threads, repeats, quick):
@@ -151,6 +268,8 @@ def worker(framework, threads, repeats, quick):
     for kind, sizes, batch in CASES:
         res = time_case(framework, kind, sizes, batch, repeats, quick)
         res.update(kind=kind, sizes=list(sizes), batch=batch)
+        if framework == "bpnet-numpy":          # one worker measures the bound for everyone
+            res["bound_s"] = matmul_bound(sizes, batch)
         out["cases"].append(res)
     out["peak_rss_mb"] = peak_rss_mb()
     print(json.dumps(out))
@@ -228,27 +347,91 @@ def combine_rounds(runs):
     return out
 
 
+STARTUP_SCRIPT = """
+import time
+t0 = time.perf_counter()
+import numpy as np
+from bpnet import Adam, Dense, Sequential, Tanh
+from bpnet.data import make_moons
+X, y = make_moons(400, noise=0.1, seed=0)
+model = Sequential([Dense(16), Tanh(), Dense(16), Tanh(), Dense(2)], seed=0, backend=BACKEND)
+model.compile(loss="cross_entropy", optimizer=Adam(lr=1e-2))
+history = model.fit(X, y, epochs=20, batch_size=32, verbose=0)
+print(model.backend.name, history["accuracy"][-1])
+"""
+
+
+def startup(backend, runs=3):
+    """Median wall time and peak RSS of the 20-line script, each run in a fresh process."""
+    code = STARTUP_SCRIPT.replace("BACKEND", repr(backend))
+    walls, rss = [], []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-c", code + "\nimport resource, sys; "
+                               "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)"],
+                              capture_output=True, text=True)
+        walls.append(time.perf_counter() - t0)
+        if proc.returncode:
+            return None
+        rss.append(int(proc.stderr.strip().splitlines()[-1]) / 1024)
+        used = proc.stdout.split()[0]
+    return {"wall_s": sorted(walls)[runs // 2], "peak_rss_mb": sorted(rss)[runs // 2], "backend": used}
+
+
+def available_frameworks():
+    import importlib.util
+    present, missing = [], []
+    for fw in FRAMEWORKS:
+        pkg = PEER_PACKAGES.get(fw)
+        (present if pkg is None or importlib.util.find_spec(pkg) is not None else missing).append(fw)
+    return present, missing
+
+
+def print_table(results, ceiling):
+    from bpnet.backends import default_backend_name
+    default = f"bpnet-{default_backend_name()}"
+    peers = [p for p in PEERS if p in results]
+    bound = results.get("bpnet-numpy")
+    header = (f"{'case':<26}{'framework':<13}{'samples/s':>11}{'GFLOP/s':>9}{'% ceil':>7}{'step eff':>9}"
+              + "".join(f"{'vs ' + p:>11}" for p in peers))
+    print("\n" + header + "\n" + "-" * len(header))
+    for i, (kind, sizes, batch) in enumerate(CASES):
+        name = f"{kind} {'-'.join(map(str, sizes)) if kind != 'deep' else '64-(256x8)-10'} b{batch}"
+        for fw, res in results.items():
+            step = res["cases"][i]["median_step_s"]
+            gf = flops_per_step(sizes, batch) / step / 1e9
+            eff = bound["cases"][i]["bound_s"] / step if bound else float("nan")
+            ratios = "".join(f"{results[p]['cases'][i]['median_step_s'] / step:>10.2f}x"
+                             if fw.startswith("bpnet") else f"{'':>11}" for p in peers)
+            mark = "*" if fw == default else " "
+            print(f"{name:<26}{fw + mark:<13}{batch / step:>11,.0f}{gf:>9.1f}{100 * gf / ceiling:>6.0f}%"
+                  f"{eff:>9.2f}{ratios}")
+    print(f"* bpnet's default backend.  'vs X' is X's step time over bpnet's (> 1: bpnet is faster).  "
+          "GFLOP/s counts 6·batch·Σ in·out per step; 'step eff' is the step's matrix products timed "
+          "alone over the measured step (1.0 is the limit).")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--repeats", type=int, default=5, help="timed blocks per case in each worker")
     p.add_argument("--rounds", type=int, default=3, help="worker runs per framework, interleaved")
     p.add_argument("--quick", action="store_true", help="shorter runs (for a smoke test)")
+    p.add_argument("--frameworks", help="comma-separated subset of " + ",".join(FRAMEWORKS))
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--json", help="also write the results to this file")
     args = p.parse_args(argv)
     if args.worker:
         return worker(args.worker, args.threads, args.repeats, args.quick)
 
-    import importlib.util
-    if importlib.util.find_spec("torch") is not None:      # imported only in its own worker
-        frameworks = FRAMEWORKS
-    else:
-        print("PyTorch is not installed (pip install torch==2.13.0); comparing bpnet backends only")
-        frameworks = FRAMEWORKS[1:]
+    frameworks, missing = available_frameworks()
+    if args.frameworks:
+        frameworks = [f for f in frameworks if f in args.frameworks.split(",")]
+    for fw in missing:
+        print(f"{fw} is not installed: skipped (pip install {'torch==2.13.0' if fw == 'torch' else PEER_PACKAGES[fw]})")
     ceiling = matmul_ceiling(args.threads, args.quick)
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"Python {platform.python_version()}, threads per framework: {args.threads}")
+    print(f"machine: {cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+          f"threads per framework: {args.threads}")
     print(f"BLAS: {blas_info()}   OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}")
     print(f"float32 matmul ceiling (best 2048^3 product): {ceiling:.1f} GFLOP/s; "
           f"load average at start {os.getloadavg()[0]:.2f}")
@@ -261,31 +444,34 @@ def main(argv=None):
             if res:
                 rounds[fw].append(res)
     results = {fw: combine_rounds(runs) for fw, runs in rounds.items() if runs}
-    base = results.get("torch")
-    header = (f"{'case':<28}{'framework':<14}{'samples/s':>12}{'vs torch':>10}{'GFLOP/s':>9}{'% ceil':>8}"
-              f"{'done %':>8}")
-    print("\n" + header + "\n" + "-" * len(header))
-    for i, (kind, sizes, batch) in enumerate(CASES):
-        name = f"{kind} {'-'.join(map(str, sizes))} b{batch}"
-        for fw, res in results.items():
-            c = res["cases"][i]
-            sps = batch / c["median_step_s"]
-            ratio = (base["cases"][i]["median_step_s"] / c["median_step_s"]) if base else float("nan")
-            gf = flops_per_step(sizes, batch) / c["median_step_s"] / 1e9
-            done = flops_done_per_step(sizes, batch) / c["median_step_s"] / 1e9
-            print(f"{name:<28}{fw:<14}{sps:>12,.0f}{ratio:>9.2f}x{gf:>9.1f}{100 * gf / ceiling:>7.0f}%"
-                  f"{100 * done / ceiling:>7.0f}%")
-    print("GFLOP/s counts 6·batch·Σ in·out per step; 'done %' counts only the products computed "
-          "(no dL/dX for the input), against the ceiling")
+    print_table(results, ceiling)
     print("\npeak RSS (MB): " + ", ".join(f"{fw} {res['peak_rss_mb']:.0f}" for fw, res in results.items()))
     if "bpnet-numba" in results:
         compile_s = numba_compile_seconds()
         if compile_s:
             print(f"numba kernels, first call in a new process: {compile_s[0]:.2f} s with an empty cache "
                   f"(compiling), {compile_s[1]:.2f} s with the on-disk cache (cache=True)")
+    starts = {b: startup(b) for b in (None, "numpy")}
+    if all(starts.values()):
+        d, n = starts[None], starts["numpy"]
+        print(f"\n20-line script (tiny net, 20 epochs), wall time and peak RSS, medians of 3 fresh processes:\n"
+              f"  default backend ({d['backend']}): {d['wall_s']:.2f} s, {d['peak_rss_mb']:.0f} MB; "
+              f"backend='numpy': {n['wall_s']:.2f} s, {n['peak_rss_mb']:.0f} MB; "
+              f"difference {d['wall_s'] - n['wall_s']:+.2f} s")
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"ceiling_gflops": ceiling, "results": results}, fh, indent=1)
+            json.dump({"ceiling_gflops": ceiling, "results": results, "startup": starts}, fh, indent=1)
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":
