@@ -193,6 +193,8 @@ def _draw_histograms(histograms):
         if len(h.get("counts", [])):
             ax.stairs(h["counts"], h["edges"], fill=True, color="tab:blue", alpha=0.8)
             ax.set_yscale("log")
+            ax.locator_params(axis="x", nbins=4)
+            ax.tick_params(labelsize="small")
             bad = f", {h['nonfinite']} NaN/Inf" if h.get("nonfinite") else ""
             ax.set_title(f"{name}\nzero {h.get('zero_frac', 0):.0%}{bad}", fontsize="small")
         else:
