@@ -7,8 +7,8 @@
 """
 from . import data, init
 from .backends import available_backends, get_backend
-from .callbacks import (Callback, EarlyStopping, GradientClipping, LearningRateScheduler, ModelCheckpoint,
-                        NaNGuard, ReduceLROnPlateau, Reinitialize, TensorBoard, TerminateOnNaN)
+from .callbacks import (BackupAndRestore, Callback, EarlyStopping, GradientClipping, LearningRateScheduler,
+                        ModelCheckpoint, NaNGuard, ReduceLROnPlateau, Reinitialize, TensorBoard, TerminateOnNaN)
 from .clip import clip_grad_norm, clip_grad_value
 from .distributed import DistributedTrainer
 from .env import show_versions
@@ -41,6 +41,7 @@ __all__ = [
     "GradcheckError", "NonFiniteError", "CheckpointError", "__version__",
     "doctor", "Monitor", "detect_anomaly", "show_versions",
     "EarlyStopping", "ReduceLROnPlateau", "TerminateOnNaN", "ModelCheckpoint", "NaNGuard", "Reinitialize",
+    "BackupAndRestore",
     "GradientClipping", "LearningRateScheduler", "StepLR", "ExponentialLR", "CosineAnnealing", "LinearWarmup",
     "LossScaler", "TensorBoard",
 ]

@@ -15,7 +15,7 @@ from .errors import CheckpointError
 from .validation import did_you_mean
 
 _TOP_KEYS = {"format", "version", "model", "input_shape", "rng", "loss", "metrics", "optimizer",
-             "loss_scaler", "preprocessor", "state", "callbacks"}
+             "loss_scaler", "preprocessor", "state", "callbacks", "training"}
 
 
 class _Where:
@@ -155,3 +155,9 @@ def _check_training(w, config: dict):
         _check_class(w, config["preprocessor"], "'preprocessor'", PREPROCESSORS, "preprocessor")
     if "callbacks" in config:
         _dict(w, config["callbacks"], "'callbacks'")
+    if "training" in config:
+        training = _dict(w, config["training"], "'training'")
+        for key in ("epoch", "step"):
+            if isinstance(training.get(key), bool) or not isinstance(training.get(key), int):
+                w.fail(f"'training.{key}'", f"is {training.get(key)!r}, not an integer (missing key?)")
+        _dict(w, training.get("history"), "'training.history'")

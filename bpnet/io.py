@@ -166,9 +166,14 @@ def model_state(model) -> tuple[dict, dict]:
     return config, arrays
 
 
-def save_model(model, path):
+def save_model(model, path, extra: tuple[dict, dict] | None = None):
+    """Write the model to ``path`` atomically; ``extra`` = (config entries, arrays) saved with it
+    (the training loop's position and callback state, see :mod:`bpnet.callbacks.backup`)."""
     model._require_built()
     config, arrays = model_state(model)
+    if extra is not None:
+        config.update(extra[0])
+        arrays.update(extra[1])
     buf = io.BytesIO()
     np.savez(buf, __config__=np.frombuffer(json.dumps(config).encode(), dtype=np.uint8), **arrays)
     atomic_write_bytes(path, buf.getvalue())
@@ -245,8 +250,8 @@ def restore_state(model, config: dict, arrays: dict):
         model.loss_scaler.sync_from_model()
     state.load_values(model, config.get("state", {}))
     if "preprocessor" in config:
-        from . import data
-        cls = getattr(data, config["preprocessor"]["class"])
+        from .data import PREPROCESSORS
+        cls = PREPROCESSORS[config["preprocessor"]["class"]]      # a registry, never getattr on a module
         saved = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("preprocessor/")}
         model.preprocessor = cls.from_state_dict(saved, config["preprocessor"]["config"])
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import ConfigError, NotBuiltError
-from .validation import non_negative, positive, unknown_name
+from .validation import non_negative, positive, real, unknown_name
 
 
 class Optimizer:
@@ -18,12 +18,9 @@ class Optimizer:
     state_names: tuple = ()
 
     def __init__(self, lr: float, weight_decay: float = 0.0):
-        if not lr > 0:
-            raise ConfigError(f"{type(self).__name__}(lr={lr}): the learning rate must be positive")
-        if weight_decay < 0:
-            raise ConfigError(f"{type(self).__name__}(weight_decay={weight_decay}) must be >= 0")
-        self.lr = float(lr)
-        self.weight_decay = float(weight_decay)
+        name = type(self).__name__
+        self.lr = positive(lr, f"{name}(lr=...)")
+        self.weight_decay = non_negative(weight_decay, f"{name}(weight_decay=...)")
         self.t = 0
         self.state: dict = {}
         self.model = None
@@ -37,7 +34,8 @@ class Optimizer:
         # A Python float: NumPy treats it as "weak", so a float32 update stays in
         # float32.  A NumPy float64 scalar (np.exp(...) * lr) would make the NumPy
         # reference compute the update in float64, unlike the kernels.
-        self._lr = float(value)
+        # 0 is allowed (a cosine schedule ends there); NaN, inf and negative values poison every weight.
+        self._lr = non_negative(value, f"{type(self).__name__}.lr")
 
     def bind(self, model):
         """Attach to a built model (``compile`` does this); returns self."""
@@ -58,10 +56,21 @@ class Optimizer:
         for name in self.state_names:
             s = self.state.get(name)
             if s is None or s.shape != p.shape:
+                self._check_state_dtype(p.dtype)
                 self.state[name] = self.model.backend.zeros(p.shape, p.dtype)
             elif s.dtype != p.dtype or type(s) is not type(p):    # e.g. loaded on the host before build
                 self.state[name] = self.model.backend.asarray(s, dtype=p.dtype)
         return p, g
+
+    def _check_state_dtype(self, dtype):
+        """Refuse state in a dtype where ``eps`` is 0 (Adam's 1e-8 in float16: every step divides by ~0)."""
+        eps = getattr(self, "eps", None)
+        if eps is not None and dtype.kind == "f" and dtype.type(eps) == 0:
+            raise ConfigError(
+                f"{type(self).__name__}(eps={eps}) on a {dtype.name} model: eps rounds to 0 in {dtype.name} "
+                "and the squared-gradient average underflows, so the first update is NaN. Compile with "
+                "loss_scaler=bpnet.LossScaler() (float32 master weights and optimizer state), or train "
+                "in float32")
 
     def step(self):
         """Apply one update from the gradients currently in the model.
@@ -131,7 +140,7 @@ class SGD(Optimizer):
     def __init__(self, lr: float = 0.01, momentum: float = 0.0, nesterov: bool = False,
                  weight_decay: float = 0.0):
         super().__init__(lr, weight_decay)
-        if not 0.0 <= momentum < 1.0:
+        if not 0.0 <= real(momentum, "SGD(momentum=...)") < 1.0:
             raise ConfigError(f"SGD(momentum={momentum}) must be in [0, 1)")
         if nesterov and momentum == 0:
             raise ConfigError("SGD(nesterov=True) needs momentum > 0")
@@ -158,10 +167,13 @@ class Adam(Optimizer):
     def __init__(self, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0):
         super().__init__(lr, weight_decay)
-        b1, b2 = betas
-        if not (0 <= b1 < 1 and 0 <= b2 < 1) or eps <= 0:
-            raise ConfigError(f"{type(self).__name__}: need 0 <= betas < 1 and eps > 0, got {betas}, {eps}")
-        self.betas, self.eps = (float(b1), float(b2)), float(eps)
+        name = type(self).__name__
+        if isinstance(betas, (str, bytes)) or not hasattr(betas, "__len__") or len(betas) != 2:
+            raise ConfigError(f"{name}(betas={betas!r}) must be a pair (beta1, beta2)")
+        b1, b2 = (real(b, f"{name}(betas=...)") for b in betas)
+        if not (0 <= b1 < 1 and 0 <= b2 < 1):
+            raise ConfigError(f"{name}: need 0 <= betas < 1, got {betas}")
+        self.betas, self.eps = (b1, b2), positive(eps, f"{name}(eps=...)")
 
     def _update(self, p, g):
         self.model.backend.adam_step(p, g, self.state["m"], self.state["v"], self.lr, *self.betas,
@@ -187,7 +199,9 @@ class RMSProp(Optimizer):
     def __init__(self, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
                  momentum: float = 0.0, weight_decay: float = 0.0):
         super().__init__(lr, weight_decay)
-        if not (0.0 <= alpha < 1.0 and 0.0 <= momentum < 1.0) or not eps > 0:
+        alpha, momentum = real(alpha, "RMSProp(alpha=...)"), real(momentum, "RMSProp(momentum=...)")
+        eps = positive(eps, "RMSProp(eps=...)")
+        if not (0.0 <= alpha < 1.0 and 0.0 <= momentum < 1.0):
             raise ConfigError(f"RMSProp(alpha={alpha}, eps={eps}, momentum={momentum}): need "
                               "0 <= alpha < 1, 0 <= momentum < 1 and eps > 0")
         self.alpha, self.eps, self.momentum = float(alpha), float(eps), float(momentum)

@@ -23,7 +23,9 @@ from __future__ import annotations
 import math
 
 from .callbacks import ScheduleCallback
+from .callbacks.schedule import checked_lr
 from .errors import ConfigError
+from .validation import non_negative, positive, real, whole
 
 
 class Schedule(ScheduleCallback):
@@ -31,7 +33,7 @@ class Schedule(ScheduleCallback):
 
     def __init__(self, per_step: bool = False, base_lr: float | None = None):
         self.per_step = bool(per_step)
-        self.base_lr = None if base_lr is None else float(base_lr)
+        self.base_lr = None if base_lr is None else positive(base_lr, f"{type(self).__name__}(base_lr=...)")
 
     def lr_at(self, t: int, base_lr: float) -> float:
         raise NotImplementedError
@@ -40,7 +42,7 @@ class Schedule(ScheduleCallback):
         base = base_lr if base_lr is not None else self.base_lr
         if base is None:
             raise ConfigError(f"{type(self).__name__}: no base lr yet; pass base_lr or attach it to a model")
-        return float(self.lr_at(int(t), float(base)))
+        return checked_lr(self.lr_at(int(t), float(base)), type(self).__name__, int(t))
 
     # -- as a callback ---------------------------------------------------------------
     def on_train_begin(self, logs=None):
@@ -64,9 +66,8 @@ class StepLR(Schedule):
 
     def __init__(self, step_size: int, gamma: float = 0.1, per_step: bool = False, base_lr=None):
         super().__init__(per_step, base_lr)
-        if int(step_size) < 1:
-            raise ConfigError(f"StepLR(step_size={step_size}) must be >= 1")
-        self.step_size, self.gamma = int(step_size), float(gamma)
+        self.step_size = whole(step_size, "StepLR(step_size=...)", minimum=1)
+        self.gamma = non_negative(gamma, "StepLR(gamma=...)")
 
     def lr_at(self, t, base_lr):
         return base_lr * self.gamma ** (t // self.step_size)
@@ -77,7 +78,7 @@ class ExponentialLR(Schedule):
 
     def __init__(self, gamma: float, per_step: bool = False, base_lr=None):
         super().__init__(per_step, base_lr)
-        self.gamma = float(gamma)
+        self.gamma = non_negative(gamma, "ExponentialLR(gamma=...)")
 
     def lr_at(self, t, base_lr):
         return base_lr * self.gamma ** t
@@ -95,10 +96,10 @@ class CosineAnnealing(Schedule):
     def __init__(self, T_max: int, eta_min: float = 0.0, warm_restarts: bool = False, T_mult: int = 1,
                  per_step: bool = False, base_lr=None):
         super().__init__(per_step, base_lr)
-        if int(T_max) < 1 or int(T_mult) < 1:
-            raise ConfigError(f"CosineAnnealing(T_max={T_max}, T_mult={T_mult}): both must be >= 1")
-        self.T_max, self.eta_min = int(T_max), float(eta_min)
-        self.warm_restarts, self.T_mult = bool(warm_restarts), int(T_mult)
+        self.T_max = whole(T_max, "CosineAnnealing(T_max=...)", minimum=1)
+        self.T_mult = whole(T_mult, "CosineAnnealing(T_mult=...)", minimum=1)
+        self.eta_min = non_negative(eta_min, "CosineAnnealing(eta_min=...)")
+        self.warm_restarts = bool(warm_restarts)
 
     def cycle(self, t: int) -> tuple[int, int]:
         """(T_cur, T_i): position inside the current cycle and that cycle's length."""
@@ -133,9 +134,8 @@ class LinearWarmup(Schedule):
     def __init__(self, warmup_steps: int, after: Schedule | None = None, start_factor: float = 1 / 3,
                  per_step: bool = False, base_lr=None):
         super().__init__(per_step, base_lr)
-        if int(warmup_steps) < 1:
-            raise ConfigError(f"LinearWarmup(warmup_steps={warmup_steps}) must be >= 1")
-        if not 0.0 <= start_factor <= 1.0:
+        warmup_steps = whole(warmup_steps, "LinearWarmup(warmup_steps=...)", minimum=1)
+        if not 0.0 <= real(start_factor, "LinearWarmup(start_factor=...)") <= 1.0:
             raise ConfigError(f"LinearWarmup(start_factor={start_factor}) must be in [0, 1]")
         if after is not None and not isinstance(after, Schedule):
             raise ConfigError(f"LinearWarmup(after=...) must be a bpnet schedule, got {after!r}")

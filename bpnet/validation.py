@@ -32,7 +32,7 @@ def real(value, what: str) -> float:
         raise ConfigError(f"{what} must be a number, got {value!r} ({type(value).__name__})")
     value = float(value)
     if not math.isfinite(value):
-        raise ConfigError(f"{what} is {value}; it must be a finite number")
+        raise ConfigError(f"{what} must be a finite number, got {value}")
     return value
 
 
@@ -40,7 +40,7 @@ def positive(value, what: str) -> float:
     """A finite float > 0."""
     value = real(value, what)
     if not value > 0:
-        raise ConfigError(f"{what}={value} must be positive")
+        raise ConfigError(f"{what} must be positive, got {value}")
     return value
 
 
@@ -48,7 +48,7 @@ def non_negative(value, what: str) -> float:
     """A finite float >= 0."""
     value = real(value, what)
     if value < 0:
-        raise ConfigError(f"{what}={value} must be >= 0")
+        raise ConfigError(f"{what} must be >= 0, got {value}")
     return value
 
 
@@ -59,7 +59,7 @@ def whole(value, what: str, minimum: int | None = None) -> int:
         raise ConfigError(f"{what} must be a whole number, got {value!r}")
     value = int(value)
     if minimum is not None and value < minimum:
-        raise ConfigError(f"{what}={value} must be >= {minimum}")
+        raise ConfigError(f"{what} must be >= {minimum}, got {value}")
     return value
 
 

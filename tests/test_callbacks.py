@@ -284,8 +284,10 @@ def test_nan_guard_gives_up_after_max_restarts(spirals):
 def test_nan_guard_rescues_a_diverging_run():
     """Plain SGD with a step too large for the curvature blows up to Inf over ~30 steps.
 
-    Rolling back to the last *finite* state cannot save it (that state has a loss of ~1e36); with
-    ``loss_spike`` the guard rolls back at the first step of the blow-up, cuts lr, and the run converges.
+    Rolling back to the last *finite* state cannot save it (that state has a loss of ~1e36); the
+    guard keeps only healthy snapshots (no loss or gradient-norm spike), so its rollback goes to the
+    state before the blow-up and the run converges.  With ``loss_spike`` it rolls back at the first
+    step of the blow-up instead of waiting for the Inf.
     """
     rng = np.random.default_rng(0)
     X = rng.normal(size=(256, 8)).astype(np.float32)
@@ -298,14 +300,47 @@ def test_nan_guard_rescues_a_diverging_run():
             return m, m.fit(X, y, epochs=15, batch_size=32, callbacks=callbacks, verbose=0)
     _, h_plain = run([])
     assert not math.isfinite(h_plain["loss"][-1])
-    finite_only = NaNGuard(factor=0.25, max_restarts=5)
+    finite_only = NaNGuard(factor=0.25, max_restarts=5, healthy_factor=None)    # remember every finite step
     _, h = run([finite_only])
     assert finite_only.restarts >= 1 and h["loss"][-1] > 1e20
+    healthy = NaNGuard(factor=0.25, max_restarts=5)
+    m, h = run([healthy])
+    assert 1 <= healthy.restarts <= 5 and healthy.events[0]["reason"] == "non-finite"
+    assert math.isfinite(h["loss"][-1]) and h["loss"][-1] < 0.1 * np.var(y)
     guard = NaNGuard(factor=0.25, max_restarts=5, loss_spike=10)
     m, h = run([guard])
     assert 1 <= guard.restarts <= 5 and m.optimizer.lr == pytest.approx(0.5 * 0.25 ** guard.restarts)
     assert guard.events[0]["reason"] == "spike" and guard.events[0]["epoch"] == 0
     assert math.isfinite(h["loss"][-1]) and h["loss"][-1] < 0.1 * np.var(y)
+
+
+def test_nan_guard_rolls_back_to_weights_from_before_the_blow_up():
+    """SGD at lr 100: the weights reach ~1e11 while the loss is still finite, so the last finite state
+    is ruined; the guard's snapshot must come from before (weights of the initial scale)."""
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(256, 8)).astype(np.float32)
+    y = (X @ rng.normal(size=8)).astype(np.float32)
+    restored = []
+
+    class AfterRollback(Callback):
+        def on_backward_end(self, batch, logs=None):
+            if self.model.skip_step:
+                restored.append(float(np.abs(self.model.flat_params).max()))
+    largest = []
+
+    class Largest(Callback):
+        def on_batch_end(self, batch, logs=None):
+            largest.append(float(np.abs(self.model.flat_params).max()))
+    m = Sequential([Dense(16, init="he_normal"), Tanh(), Dense(1)], seed=0, backend="numpy")
+    m.compile(loss="mse", optimizer=SGD(lr=100.0))
+    m.build((8,))
+    initial = float(np.abs(m.flat_params).max())
+    guard = NaNGuard(factor=0.001, max_restarts=3)
+    with np.errstate(all="ignore"):
+        h = m.fit(X, y, epochs=3, batch_size=32, callbacks=[guard, AfterRollback(), Largest()], verbose=0)
+    assert guard.restarts >= 1 and max(largest[:guard.events[0]["batch"] + 1]) > 1e6     # it did blow up
+    assert restored and max(restored) < 10 * initial                 # and came back to sane weights
+    assert math.isfinite(h["loss"][-1])
 
 
 def test_training_state_capture_reuses_arrays(spirals):

@@ -239,7 +239,7 @@ def test_state_dict_is_a_snapshot(backend):
 
 
 def test_optimizer_errors():
-    with pytest.raises(ConfigError, match="learning rate must be positive"):
+    with pytest.raises(ConfigError, match=r"SGD\(lr=...\) must be positive, got 0.0"):
         SGD(lr=0)
     with pytest.raises(ConfigError, match="nesterov"):
         SGD(lr=0.1, nesterov=True)

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from ..errors import ConfigError
+from ..state import TrainingState
+from ..validation import did_you_mean, real
 
 
 EVENTS = ("on_train_begin", "on_train_end", "on_epoch_begin", "on_epoch_end", "on_batch_begin",
@@ -20,9 +24,31 @@ class Callback:
 
     ``self.model`` is the model; ``self.loop`` the :class:`~bpnet.training.TrainingLoop`
     running it (``epoch``, ``start_epoch``, ``step``, ``batch``), or None outside ``fit``.
+
+    A callback whose decisions depend on what it has seen (counters, the best
+    value so far) lists those attributes in ``state_keys``; ``state_dict()``
+    and ``load_state_dict()`` save and restore them (JSON-able values, NumPy
+    arrays allowed), so checkpoints and :class:`~bpnet.callbacks.BackupAndRestore`
+    resume it exactly.  ``runs_last = True`` callbacks (the ones that write
+    checkpoints) are told about each event after all the others, so what they
+    save includes every other callback's reaction to the epoch.
     """
     model = None
     loop = None
+    state_keys: tuple = ()
+    tuple_lists: tuple = ()     # state_keys holding lists of tuples (JSON turns tuples into lists)
+    runs_last = False
+
+    def state_dict(self) -> dict:
+        """The callback's state: ``{name: value}`` for each of ``state_keys``."""
+        return {key: _plain(getattr(self, key, None)) for key in self.state_keys}
+
+    def load_state_dict(self, state: dict):
+        """Restore what :meth:`state_dict` returned (missing keys are left as they are)."""
+        for key in self.state_keys:
+            if key in state:
+                value = state[key]
+                setattr(self, key, [tuple(v) for v in value] if key in self.tuple_lists else value)
 
     def set_model(self, model):
         self.model = model
@@ -58,7 +84,9 @@ class CallbackList(Callback):
     """
 
     def __init__(self, callbacks=()):
-        self.callbacks = [c for c in callbacks if c is not None]
+        given = [c for c in callbacks if c is not None]
+        last = [c for c in given if getattr(c, "runs_last", False)]
+        self.callbacks = [c for c in given if c not in last] + last
         self._listeners = {event: [getattr(c, event) for c in self.callbacks
                                    if _overrides(c, event)] for event in EVENTS}
 
@@ -84,6 +112,38 @@ class CallbackList(Callback):
     def on_backward_end(self, batch, logs=None): self._call("on_backward_end", batch, logs)
     def on_update_begin(self, batch, logs=None): self._call("on_update_begin", batch, logs)
     def on_update_end(self, batch, logs=None): self._call("on_update_end", batch, logs)
+
+
+def _plain(value):
+    """``value`` with tuples as lists and NumPy scalars as Python numbers (arrays stay arrays)."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:
+        return value.item()
+    return value
+
+
+def arrays_of(snapshot, model):
+    """A :class:`~bpnet.state.TrainingState`'s arrays as host copies (None for none), for ``state_dict``."""
+    if snapshot is None:
+        return None
+    out = {name: np.array(model.backend.to_numpy(a)) for name, a in snapshot.arrays.items()}
+    out["opt_t"] = np.asarray(snapshot.opt_t)
+    return out
+
+
+def snapshot_from(arrays, model, optimizer: bool = True):
+    """Inverse of :func:`arrays_of`: a TrainingState of ``model`` holding the saved arrays."""
+    if arrays is None:
+        return None
+    snap = TrainingState(model, optimizer=optimizer)
+    for name, live in snap.arrays.items():
+        if name in arrays:
+            live[...] = model.backend.asarray(arrays[name], dtype=live.dtype)
+    snap.opt_t = int(arrays.get("opt_t", 0))
+    return snap
 
 
 def _overrides(callback, event) -> bool:
@@ -129,7 +189,7 @@ def _finite(value) -> bool:
 
 def _resolve_mode(mode: str, monitor: str) -> str:
     if mode not in ("auto", "min", "max"):
-        raise ConfigError(f"mode={mode!r}: use 'auto', 'min' or 'max'")
+        raise ConfigError(f"mode={mode!r}{did_you_mean(mode, ('auto', 'min', 'max'))}: use 'auto', 'min' or 'max'")
     if mode == "auto":
         return "max" if ("acc" in monitor or monitor.endswith("auc")) else "min"
     return mode
@@ -139,9 +199,11 @@ class _Monitored(Callback):
     """Shared logic of callbacks that watch one number of the epoch logs."""
 
     def __init__(self, monitor: str, mode: str, min_delta: float):
+        if not isinstance(monitor, str) or not monitor:
+            raise ConfigError(f"{type(self).__name__}(monitor={monitor!r}) must name a logged number, e.g. 'val_loss'")
         self.monitor = monitor
         self.mode = _resolve_mode(mode, monitor)
-        self.min_delta = abs(float(min_delta))
+        self.min_delta = abs(real(min_delta, f"{type(self).__name__}(min_delta=...)"))
         self.best = None
         self.label = None       # the owner's name in error messages, when used as a helper
 
@@ -152,8 +214,8 @@ class _Monitored(Callback):
         logs = logs or {}
         if self.monitor not in logs:
             hint = " (pass validation_data or validation_split to fit)" if self.monitor.startswith("val_") else ""
-            raise ConfigError(f"{self.label or type(self).__name__} monitors {self.monitor!r} but the epoch logs only "
-                              f"have {sorted(logs)}{hint}")
+            raise ConfigError(f"{self.label or type(self).__name__} monitors {self.monitor!r}"
+                              f"{did_you_mean(self.monitor, logs)} but the epoch logs only have {sorted(logs)}{hint}")
         return float(logs[self.monitor])
 
     def _improved(self, current) -> bool:

@@ -1,11 +1,14 @@
 """Callbacks that repair a run as it goes: clip gradients, roll back non-finite steps, re-initialise."""
 from __future__ import annotations
 
+import math
+
 from .. import init as initializers
 from ..clip import clip_grad_norm
 from ..errors import ConfigError, NonFiniteError
 from ..state import TrainingState
-from .base import Callback, _finite, _Monitored, _set_lr
+from ..validation import positive, real, whole
+from .base import Callback, _finite, _Monitored, _set_lr, arrays_of, snapshot_from
 
 
 class GradientClipping(Callback):
@@ -16,10 +19,10 @@ class GradientClipping(Callback):
     ``norms``; ``clipped`` counts the steps where clipping acted.
     """
 
+    state_keys = ("norms", "clipped")
+
     def __init__(self, max_norm: float):
-        if not max_norm > 0:
-            raise ConfigError(f"GradientClipping(max_norm={max_norm}) must be positive")
-        self.max_norm = float(max_norm)
+        self.max_norm = positive(max_norm, "GradientClipping(max_norm=...)")
         self.norms: list = []
         self.clipped = 0
 
@@ -28,74 +31,85 @@ class GradientClipping(Callback):
             return
         norm = clip_grad_norm(self.model, self.max_norm)     # the master gradients under mixed precision
         self.norms.append(norm)
-        self.clipped += norm > self.max_norm
+        self.clipped += int(norm > self.max_norm)
         if logs is not None:
             logs["grad_norm"] = norm
 
 
 class NaNGuard(Callback):
-    """Roll back to the last good state when a step goes non-finite, cut the lr, and go on.
+    """Roll back to the last healthy state when a step goes non-finite, cut the lr, and go on.
 
     After every backward pass (before the optimizer step) the batch loss and
-    the gradients are checked.  If either holds a NaN or Inf:
+    the gradient norm are checked.  If either is NaN or Inf:
 
-    1. the last good state (weights, buffers, optimizer state) is restored bit
-       for bit; "good" means its forward and backward passes were finite;
+    1. the last healthy state (weights, buffers, optimizer state) is restored
+       bit for bit;
     2. the learning rate is multiplied by ``factor`` (and a schedule's base lr,
        ``optimizer.initial_lr``, with it);
     3. the bad batch's update is skipped (``model.skip_step``) and training continues.
 
-    The good state is copied (in memory, into reused arrays) every
-    ``snapshot_every`` good steps.  The ``max_restarts + 1``-th failure raises
-    :class:`bpnet.NonFiniteError`: by then the cause is not the step size.
-    ``events`` records each restart as a dict.
-
     A run that diverges grows for tens of steps before it reaches Inf, so the
-    last finite state is already ruined.  ``loss_spike=k`` also counts a
-    finite batch loss above k × the lowest smoothed loss so far (an
-    exponential moving average, β = 0.9) as a failure, which rolls back while
-    the damage is still small.  It is off by default: a well-fit model's
-    loss can legitimately swing by large factors between batches.
+    last *finite* state is usually ruined already (weights of 1e11).  A state
+    is therefore kept as the snapshot only when it is healthy: finite, with a
+    batch loss and a gradient norm at most ``healthy_factor`` × their lowest
+    moving averages so far (an exponential moving average, β = 0.9).  Steps
+    above that are not failures, they are just not remembered, so rolling back
+    goes to the state before the blow-up began.  ``healthy_factor=None``
+    remembers every finite step.
+
+    The healthy state is copied (in memory, into reused arrays) every
+    ``snapshot_every`` healthy steps.  The ``max_restarts + 1``-th failure
+    raises :class:`bpnet.NonFiniteError`: by then the cause is not the step
+    size.  ``events`` records each restart as a dict.
+
+    ``loss_spike=k`` also counts a finite batch loss above k × the lowest
+    smoothed loss so far as a failure, which rolls back while the damage is
+    still small.  It is off by default: a well-fit model's loss can
+    legitimately swing by large factors between batches.
     """
+    state_keys = ("restarts", "events", "_good", "_loss_ema", "_norm_ema")
 
     def __init__(self, factor: float = 0.5, max_restarts: int = 3, snapshot_every: int = 1,
-                 loss_spike: float | None = None):
-        if not 0.0 < factor < 1.0:
+                 loss_spike: float | None = None, healthy_factor: float | None = 10.0):
+        if not 0.0 < real(factor, "NaNGuard(factor=...)") < 1.0:
             raise ConfigError(f"NaNGuard(factor={factor}) must be in (0, 1)")
-        if int(snapshot_every) < 1:
-            raise ConfigError(f"NaNGuard(snapshot_every={snapshot_every}) must be >= 1")
-        if loss_spike is not None and not loss_spike > 1:
-            raise ConfigError(f"NaNGuard(loss_spike={loss_spike}) must be > 1 (or None)")
-        self.factor, self.max_restarts = float(factor), int(max_restarts)
-        self.snapshot_every = int(snapshot_every)
+        self.max_restarts = whole(max_restarts, "NaNGuard(max_restarts=...)", minimum=0)
+        self.snapshot_every = whole(snapshot_every, "NaNGuard(snapshot_every=...)", minimum=1)
+        for name, value in (("loss_spike", loss_spike), ("healthy_factor", healthy_factor)):
+            if value is not None and not real(value, f"NaNGuard({name}=...)") > 1:
+                raise ConfigError(f"NaNGuard({name}={value}) must be > 1 (or None)")
+        self.factor = float(factor)
         self.loss_spike = None if loss_spike is None else float(loss_spike)
+        self.healthy_factor = None if healthy_factor is None else float(healthy_factor)
         self.snapshot = None
         self.events: list = []
-        self.restarts = 0
+        self.restarts = self._good = 0
+        self._loss_ema, self._norm_ema = _MinEMA(), _MinEMA()
         self.epoch = 0
 
     def on_train_begin(self, logs=None):
         self.restarts, self.events, self._good = 0, [], 0
-        self._ema = self._ema_min = None
+        self._loss_ema = _MinEMA()
+        self._norm_ema = _MinEMA()
         self.snapshot = TrainingState(self.model)
 
-    def _spiked(self, loss: float) -> bool:
-        """Fold a finite loss into the moving average; True if it is a spike."""
-        if self.loss_spike is None:
-            return False
-        if self._ema_min is not None and loss > self.loss_spike * self._ema_min:
-            return True
-        self._ema = loss if self._ema is None else 0.9 * self._ema + 0.1 * loss
-        self._ema_min = self._ema if self._ema_min is None else min(self._ema_min, self._ema)
-        return False
+    def state_dict(self) -> dict:
+        out = super().state_dict()
+        out["_loss_ema"], out["_norm_ema"] = vars(self._loss_ema), vars(self._norm_ema)
+        return {**out, "snapshot": arrays_of(self.snapshot, self.model)}
+
+    def load_state_dict(self, state: dict):
+        super().load_state_dict(state)
+        self._loss_ema, self._norm_ema = _MinEMA(**self._loss_ema), _MinEMA(**self._norm_ema)
+        self.snapshot = snapshot_from(state.get("snapshot"), self.model) or TrainingState(self.model)
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
 
-    def _grads_finite(self, logs) -> bool:
-        if "grad_norm" in logs:
-            return _finite(logs["grad_norm"])
-        return self.model.backend.all_finite(self.model.step_grads)
+    def _grad_norm(self, logs) -> float:
+        if "grad_norm" in logs:                  # GradientClipping ran first and measured it
+            return float(logs["grad_norm"])
+        return math.sqrt(self.model.backend.sum_squares(self.model.step_grads))   # float64: no overflow
 
     def on_backward_end(self, batch, logs=None):
         logs = logs if logs is not None else {}
@@ -103,16 +117,31 @@ class NaNGuard(Callback):
         loss = logs.get("loss")
         if model.skip_step and _finite(loss):
             return                    # already vetoed, e.g. a loss-scale overflow the scaler handles
-        finite = _finite(loss) and self._grads_finite(logs)
-        if finite and not self._spiked(float(loss)):
-            if self._good % self.snapshot_every == 0:
-                self.snapshot.capture(model)
-            self._good += 1
+        norm = self._grad_norm(logs)
+        finite = _finite(loss) and math.isfinite(norm)
+        spiked = finite and self.loss_spike is not None and self._loss_ema.above(float(loss), self.loss_spike)
+        if finite and not spiked:
+            self._remember(float(loss), norm)
             return
+        self._roll_back(batch, loss, finite, spiked)
+
+    def _remember(self, loss: float, norm: float):
+        """Snapshot the state if it is healthy (no loss or gradient-norm spike), every ``snapshot_every``."""
+        k = self.healthy_factor
+        healthy = k is None or not (self._loss_ema.above(loss, k) or self._norm_ema.above(norm, k))
+        if self.loss_spike is not None or healthy:
+            self._loss_ema.add(loss)
+        if healthy:
+            self._norm_ema.add(norm)
+            if self._good % self.snapshot_every == 0:
+                self.snapshot.capture(self.model)
+            self._good += 1
+
+    def _roll_back(self, batch, loss, finite: bool, spiked: bool):
+        model, opt = self.model, self.model.optimizer
         self.restarts += 1
-        opt = model.optimizer
         if self.restarts > self.max_restarts:
-            what = "loss spiked" if finite else ("loss" if not _finite(loss) else "gradient") + " became non-finite"
+            what = "loss spiked" if spiked else ("loss" if not _finite(loss) else "gradient") + " became non-finite"
             raise NonFiniteError(
                 f"NaNGuard: the {what} again "
                 f"(epoch {self.epoch}, batch {batch}) after {self.max_restarts} rollbacks that cut the "
@@ -126,9 +155,24 @@ class NaNGuard(Callback):
             opt.initial_lr = float(opt.initial_lr) * self.factor
         model.skip_step = True
         self._good = 0
-        self.events.append({"epoch": self.epoch, "batch": batch, "reason": "spike" if finite else "non-finite",
+        self.events.append({"epoch": self.epoch, "batch": batch, "reason": "spike" if spiked else "non-finite",
                             "loss": float(loss) if loss is not None else None,
                             "old_lr": old, "new_lr": float(opt.lr), "restored_step": self.snapshot.opt_t})
+
+
+class _MinEMA:
+    """An exponential moving average (β = 0.9) and the lowest value it has taken."""
+
+    def __init__(self, ema=None, low=None):
+        self.ema, self.low = ema, low
+
+    def above(self, value: float, factor: float) -> bool:
+        """True if ``value`` exceeds ``factor`` × the lowest average so far."""
+        return self.low is not None and value > factor * self.low
+
+    def add(self, value: float):
+        self.ema = value if self.ema is None else 0.9 * self.ema + 0.1 * value
+        self.low = self.ema if self.low is None else min(self.low, self.ema)
 
 
 def _dense_layers(model, layers):
@@ -181,16 +225,30 @@ class Reinitialize(Callback):
     def __init__(self, scheme: str = "he_normal", layers=None, when="plateau", monitor: str = "loss",
                  patience: int = 3, min_delta: float = 1e-4, max_times: int = 1):
         initializers.get_initializer(scheme)
+        if not (when is None or when == "plateau" or callable(when)
+                or (isinstance(when, int) and not isinstance(when, bool) and when >= 0)):
+            raise ConfigError(f"Reinitialize(when={when!r}): use 'plateau', an epoch number, a callable "
+                              "f(epoch, logs) -> bool, or None")
         self.scheme, self.layers, self.when = scheme, layers, when
         self.plateau = _Monitored(monitor, "auto", min_delta)
         self.plateau.label = "Reinitialize(when='plateau')"
-        self.patience, self.max_times = int(patience), int(max_times)
+        self.patience = whole(patience, "Reinitialize(patience=...)", minimum=1)
+        self.max_times = whole(max_times, "Reinitialize(max_times=...)", minimum=0)
         self.events: list = []
-        self.epoch = 0
+        self.epoch = self.wait = 0
+
+    state_keys = ("events", "wait")
 
     def set_model(self, model):
         super().set_model(model)
         self.plateau.set_model(model)
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "best": self.plateau.best}
+
+    def load_state_dict(self, state: dict):
+        super().load_state_dict(state)
+        self.plateau.best = state.get("best", self.plateau.best)
 
     def on_train_begin(self, logs=None):
         self.plateau._reset_best()

@@ -1,8 +1,10 @@
 """Training control: stop early, cut the learning rate on a plateau, stop at the first NaN."""
 from __future__ import annotations
 
+from ..errors import ConfigError
 from ..state import TrainingState
-from .base import Callback, _finite, _Monitored, _set_lr
+from ..validation import non_negative, whole
+from .base import Callback, _finite, _Monitored, _set_lr, arrays_of, snapshot_from
 
 
 class EarlyStopping(_Monitored):
@@ -15,11 +17,23 @@ class EarlyStopping(_Monitored):
     ``stopped_epoch`` and ``best_epoch`` say what happened (0-based; -1 if never).
     """
 
+    state_keys = ("best", "wait", "stopped_epoch", "best_epoch")
+
     def __init__(self, monitor: str = "val_loss", patience: int = 5, min_delta: float = 0.0,
                  mode: str = "auto", restore_best_weights: bool = False):
         super().__init__(monitor, mode, min_delta)
-        self.patience = int(patience)
+        self.patience = whole(patience, "EarlyStopping(patience=...)", minimum=0)
         self.restore_best_weights = bool(restore_best_weights)
+        self.wait = 0
+        self.stopped_epoch = self.best_epoch = -1
+        self.best_state = None
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "best_state": arrays_of(self.best_state, self.model)}
+
+    def load_state_dict(self, state: dict):
+        super().load_state_dict(state)
+        self.best_state = snapshot_from(state.get("best_state"), self.model, optimizer=False)
 
     def on_train_begin(self, logs=None):
         self._reset_best()
@@ -58,12 +72,18 @@ class ReduceLROnPlateau(_Monitored):
 
     def __init__(self, monitor: str = "val_loss", factor: float = 0.5, patience: int = 3,
                  min_lr: float = 0.0, cooldown: int = 0, min_delta: float = 1e-4, mode: str = "auto"):
-        if not 0.0 < factor < 1.0:
+        if not 0.0 < non_negative(factor, "ReduceLROnPlateau(factor=...)") < 1.0:
             raise ConfigError(f"ReduceLROnPlateau(factor={factor}) must be in (0, 1)")
         super().__init__(monitor, mode, min_delta)
-        self.factor, self.patience = float(factor), int(patience)
-        self.min_lr, self.cooldown = float(min_lr), int(cooldown)
+        self.factor = float(factor)
+        self.patience = whole(patience, "ReduceLROnPlateau(patience=...)", minimum=0)
+        self.min_lr = non_negative(min_lr, "ReduceLROnPlateau(min_lr=...)")
+        self.cooldown = whole(cooldown, "ReduceLROnPlateau(cooldown=...)", minimum=0)
         self.reductions: list = []
+        self.wait = self.cooldown_counter = 0
+
+    state_keys = ("best", "wait", "cooldown_counter", "reductions")
+    tuple_lists = ("reductions",)
 
     def on_train_begin(self, logs=None):
         self._reset_best()
@@ -93,6 +113,8 @@ class TerminateOnNaN(Callback):
 
     Batches that another callback already rolled back (``NaNGuard``) do not count.
     """
+
+    state_keys = ("stopped_at",)
 
     def __init__(self):
         self.stopped_at = None
