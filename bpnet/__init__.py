@@ -26,6 +26,7 @@ from . import doctor
 from .doctor import Monitor, detect_anomaly
 from .doctor import report as _report  # noqa: F401  (registers History.report's writer)
 from .optim import SGD, Adam, AdamW, Optimizer, RMSProp
+from . import plot as _plot, profiler as _profiler  # noqa: F401  (register History.plot, model.profile)
 from .schedules import CosineAnnealing, ExponentialLR, LinearWarmup, StepLR
 
 __version__ = "0.1.0"

@@ -81,10 +81,15 @@ class History:
             writer.writeheader()
             writer.writerows(rows)
 
+    #: ``(history, path=None, **kwargs) -> Figure``; :mod:`bpnet.plot` sets it when imported
+    _plotter = None
+
     def plot(self, path=None, **kwargs):
         """Loss and metric curves (needs matplotlib); see :mod:`bpnet.plot`."""
-        from .plot import plot_history
-        return plot_history(self, path=path, **kwargs)
+        if History._plotter is None:
+            raise ConfigError("History.plot: no plotter is registered; it comes with bpnet.plot "
+                              "(`import bpnet` loads it)")
+        return History._plotter(self, path=path, **kwargs)
 
     #: ``(history, path, **kwargs) -> path``; the doctor's report module sets it when imported
     _report_writer = None

@@ -145,13 +145,15 @@ class TrainingLoop:
     ``strategy`` : where batches come from and how processes combine (default: one process).
     ``update(model, optimizer, step)`` : the update rule (default ``optimizer.step()``).
     ``evaluate(X, y) -> dict`` : validation (default ``model.evaluate``).
+    ``trust_targets`` : the targets were validated up front (``fit`` does), so
+    the loss skips its per-batch label checks; False for data nobody checked.
     Callbacks see the loop as ``callback.loop``: ``epoch``, ``start_epoch``
     (which ``on_train_begin`` may move, e.g. to resume), ``step`` and ``batch``.
     """
 
     def __init__(self, model, callbacks=None, *, epochs: int = 1, batch_size: int = 32, shuffle: bool = True,
                  verbose: int = 0, initial_epoch: int = 0, strategy: Strategy | None = None,
-                 update=optimizer_step, evaluate=None):
+                 update=optimizer_step, evaluate=None, trust_targets: bool = True):
         self.model = model
         self.user_callbacks = list(callbacks or [])
         self.epochs, self.batch_size, self.shuffle = int(epochs), batch_size, bool(shuffle)
@@ -160,6 +162,7 @@ class TrainingLoop:
         self.strategy = strategy or Strategy()
         self.update = update
         self.evaluate = evaluate
+        self.trust_targets = bool(trust_targets)
         self.cleanups: list = []
         self.callbacks = CallbackList()
         self.step = 0
@@ -200,18 +203,18 @@ class TrainingLoop:
     @contextmanager
     def _session(self):
         """What training sets up, undone afterwards (also on error): the first layer skips
-        dL/dX (nobody reads it), the loss trusts targets validated once up front, and every
-        plugin's cleanup runs."""
+        dL/dX (nobody reads it), the loss trusts targets validated once up front (unless
+        ``trust_targets`` is False), and every plugin's cleanup runs."""
         model = self.model
         first = model.layers[0]
         first_needs_dx = getattr(first, "needs_input_grad", None)
         if first_needs_dx is not None:
             first.needs_input_grad = False
-        model.loss.trusted = True
+        trusted, model.loss.trusted = model.loss.trusted, self.trust_targets
         try:
             yield
         finally:
-            model.loss.trusted = False
+            model.loss.trusted = trusted
             if first_needs_dx is not None:
                 first.needs_input_grad = first_needs_dx
             for undo in reversed(self.cleanups):

@@ -20,9 +20,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..callbacks import Callback
 from ..errors import BpnetError
 from ..layers.base import layer_from_config
 from ..losses import loss_from_config
+from ..training import Strategy, TrainingLoop
 from .data_checks import check_data
 from .model_checks import check_model
 
@@ -77,6 +79,39 @@ def _fresh_loss(loss):
         return fresh
 
 
+class _SameBatch(Strategy):
+    """The same (optionally transformed) batch, ``steps`` times, as one epoch of the training loop."""
+
+    def __init__(self, xb, yb, steps, transform, rng):
+        self.xb, self.yb, self.steps, self.transform, self.rng = xb, yb, steps, transform, rng
+
+    def prepare(self, loop, X, y):
+        pass
+
+    def steps_per_epoch(self, loop) -> int:
+        return self.steps
+
+    def batches(self, loop, epoch):
+        for _ in range(self.steps):
+            if self.transform is None:
+                yield self.xb, self.yb
+            else:
+                yield self.transform(self.xb.copy(), self.yb.copy(), self.rng)
+
+
+class _StopAtNonfinite(Callback):
+    """Records each step's loss; a non-finite one ends the run before its update."""
+
+    def __init__(self, losses: list):
+        self.losses = losses
+
+    def on_loss_end(self, batch, logs=None):
+        self.losses.append(float(logs["loss"]))
+        if not math.isfinite(logs["loss"]):
+            self.model.skip_step = True
+            self.model.stop_training = True
+
+
 def overfit_check(model, X, y, n: int = 10, steps: int = 200, lr: float | None = None, tol: float = 0.05,
                   transform=None, seed: int | None = None, print_fn=None) -> OverfitReport:
     """Train a fresh copy of ``model`` (same architecture, seed and loss) on ``n`` samples.
@@ -105,18 +140,13 @@ def overfit_check(model, X, y, n: int = 10, steps: int = 200, lr: float | None =
     xb_all = Xs.astype(fresh.dtype)
     integer_labels = classification and ys.ndim == 1 and fresh.loss.name != "bce_with_logits"
     yb_all = ys if integer_labels or ys.dtype.kind not in "biuf" else ys.astype(fresh.dtype)
-    losses = []
+    losses: list = []
     bk = fresh.backend
+    batches = _SameBatch(xb_all, yb_all, steps, transform, rng)
+    loop = TrainingLoop(fresh, [_StopAtNonfinite(losses)], epochs=1, batch_size=len(xb_all),
+                        strategy=batches, trust_targets=False)
     try:
-        for step in range(steps + 1):
-            xb, yb = (xb_all, yb_all) if transform is None else transform(xb_all.copy(), yb_all.copy(), rng)
-            out = fresh.forward(xb, training=True)
-            loss = fresh.loss.forward(out, bk.asarray(yb))
-            losses.append(float(loss))
-            if step == steps or not math.isfinite(loss):
-                break
-            fresh.backward(fresh.loss.backward())
-            fresh.optimizer.step()
+        loop.run(xb_all, yb_all)
     except BpnetError as e:         # e.g. a label error: report it instead of crashing
         losses.append(math.nan)
         failure = str(e)
@@ -128,6 +158,7 @@ def overfit_check(model, X, y, n: int = 10, steps: int = 200, lr: float | None =
     if failure is None and math.isfinite(final):
         out = fresh.forward(xb_all, training=False)
         final = float(fresh.loss.forward(out, bk.asarray(yb_all)))
+        losses.append(final)
         if classification:
             correct = fresh.loss.count_correct(out, bk.asarray(yb_all)) == len(yb_all)
     initial = losses[0]

@@ -166,7 +166,7 @@ def train(model, loss, optimizer, X, y, *, steps: int, batch_size: int = 64, see
     recorder = _Recorder(run, steps, stop_after_nonfinite, explain)
     loop = TrainingLoop(model, [recorder, monitor, *callbacks], epochs=2 ** 62, batch_size=batch_size,
                         strategy=_LabBatches(seed), update=_lab_update(update),
-                        evaluate=lambda Xv, yv: evaluate(model, Xv, yv))
+                        evaluate=lambda Xv, yv: evaluate(model, Xv, yv), trust_targets=False)
     run.initial_activations = activation_snapshot(model, Xc[:PROBE_ROWS])
     with np.errstate(all="ignore"):
         run.history = loop.run(Xc, np.asarray(y), validation_data)
