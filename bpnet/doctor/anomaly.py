@@ -40,20 +40,16 @@ import numpy as np
 from ..callbacks import Callback
 from ..container import LayerStack
 from ..errors import NonFiniteError
+from ..layers.activations import Activation
 from ..training import register_fit_option
 from ._paths import layer_at
 
 _SHOWN_ROWS = 10
 
-# What each layer computes, for the error message: (forward, backward).
+# What the layers without a derivation line of their own compute, for the error message:
+# (forward, backward).  An activation's formulas are read from its own docstring instead.
 OPERATIONS = {
     "Dense": ("x@W+b", "dW=x.T@dy, db=sum(dy), dx=dy@W.T"),
-    "Identity": ("y=z", "dz=dy"),
-    "ReLU": ("max(z,0)", "dz=dy*(y>0)"),
-    "LeakyReLU": ("z if z>0 else a*z", "dz=dy if y>0 else a*dy"),
-    "ELU": ("z if z>0 else a*(exp(z)-1)", "dz=dy if y>0 else dy*(y+a)"),
-    "Sigmoid": ("1/(1+exp(-z))", "dz=dy*y*(1-y)"),
-    "Tanh": ("tanh(z)", "dz=dy*(1-y^2)"),
     "Softmax": ("exp(z-max)/sum(exp(z-max))", "dz=y*(dy-sum(dy*y))"),
     "BatchNorm1d": ("(x-mean)/sqrt(var+eps)*gamma+beta", "dx=s/N*(N*g-sum(g)-x_hat*sum(g*x_hat))"),
     "Dropout": ("x*mask", "dx=dy*mask"),
@@ -63,15 +59,21 @@ OPERATIONS = {
 }
 
 
+def _docstring_formulas(layer):
+    """An activation's "forward; backward" first docstring line, e.g. ReLU's "y = max(z, 0); f'(z) = ..."."""
+    doc = (type(layer).__doc__ or "").strip().splitlines()
+    parts = [p.strip().rstrip(".") for p in doc[0].split(";", 1)] if doc and ";" in doc[0] else []
+    return tuple(parts) if len(parts) == 2 else None
+
+
 def operation(layer, phase: str) -> str:
     """``"Dense forward x@W+b"``: the class, the phase and the formula (if known)."""
     cls = type(layer).__name__
-    formulas = OPERATIONS.get(cls)
-    if formulas is None:
-        for base in type(layer).__mro__[1:]:
-            formulas = OPERATIONS.get(base.__name__)
-            if formulas is not None:
-                break
+    formulas = _docstring_formulas(layer) if isinstance(layer, Activation) else None
+    for klass in type(layer).__mro__:
+        if formulas is not None:
+            break
+        formulas = OPERATIONS.get(klass.__name__)
     formula = formulas[0 if phase == "forward" else 1] if formulas else ""
     return f"{cls} {phase} {formula}".rstrip()
 
