@@ -54,6 +54,9 @@ def main(argv=None) -> int:
         if getattr(args, "config", None):
             args = _apply_config(parser, args, argv)
         return int(args.func(args) or 0)
+    except BrokenPipeError:                # `bpnet ... | head`: the reader has all it wanted
+        sys.stdout = open(os.devnull, "w")
+        return 0
     except (BpnetError, OSError) as exc:
         print(f"bpnet {args.command}: error: {exc}", file=sys.stderr)
         return 1

@@ -79,6 +79,16 @@ def test_report_lists_repair_attempts_and_escapes_text(tmp_path):
     assert len(images(page)) == 2                         # curves and learning rate; no steps recorded
 
 
+def test_without_matplotlib_the_report_still_has_its_text(monkeypatch, tmp_path):
+    h = History()
+    for e, loss in enumerate([2.0, 1.0]):
+        h.append(e, {"loss": loss})
+    monkeypatch.setitem(__import__("sys").modules, "matplotlib", None)
+    page = open(write_html_report(h, tmp_path / "r.html", findings=[]), encoding="utf-8").read()
+    assert "No problems found" in page and not images(page)
+    assert page.count("Not drawn:") == 1 and "matplotlib" in page.split("Not drawn:")[1]
+
+
 def test_a_healthy_report_says_no_problems_found(tmp_path):
     h = History()
     for e, loss in enumerate([1.0, 0.6, 0.4]):

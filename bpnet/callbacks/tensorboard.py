@@ -91,7 +91,7 @@ class TensorBoard(Callback):
 
     # -- callback hooks ---------------------------------------------------------------
     def on_train_begin(self, logs=None):
-        if self.write_graph:
+        if self.write_graph and getattr(self.model, "built", False):
             text = self.model.summary(print_fn=None)
             self._writer("train").add_text("model/summary", "    " + text.replace("\n", "\n    "), 0)
 

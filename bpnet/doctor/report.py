@@ -175,7 +175,7 @@ def _figure_html(caption, draw) -> str:
     try:
         with np.errstate(all="ignore"):
             fig = draw()
-    except (ConfigError, ValueError) as exc:      # a signal the run did not record in a usable form
+    except (ConfigError, ValueError, ImportError) as exc:   # no matplotlib, or a signal not usable as recorded
         return f"<p class=\"meta\">{_e(caption)} Not drawn: {_e(exc)}</p>"
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90)
