@@ -18,6 +18,7 @@ import math
 
 import numpy as np
 
+from .casting import nonfinite_rows, shown
 from .errors import ConfigError, DataError, LabelError, MissingDependencyError, NotBuiltError, ShapeError
 
 __all__ = [
@@ -28,7 +29,6 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------- validation
-_MAX_ROWS_SHOWN = 10
 
 
 def _check_numeric(a: np.ndarray, name: str, what: str) -> None:
@@ -45,20 +45,13 @@ def _check_numeric(a: np.ndarray, name: str, what: str) -> None:
 
 
 def _check_finite(a: np.ndarray, name: str) -> None:
-    if a.dtype.kind != "f":
-        return                                   # integers and bools are always finite
-    finite = np.isfinite(a)
-    if finite.all():
-        return
-    bad_rows = np.flatnonzero(~finite.reshape(len(a), -1).all(axis=1))
-    shown = bad_rows[:_MAX_ROWS_SHOWN].tolist()
-    rows = f"{len(bad_rows)} row" + ("s" if len(bad_rows) != 1 else "")
-    where = f"{shown}" if len(bad_rows) <= _MAX_ROWS_SHOWN else f"first {_MAX_ROWS_SHOWN}: {shown}"
-    raise DataError(f"{name} contains NaN/Inf in {rows}: {where}; drop or impute them "
-                    f"(see bpnet.doctor.check_data)")
+    bad_rows = nonfinite_rows(a)               # in row blocks: no full-size mask of a large X
+    if len(bad_rows):
+        raise DataError(f"{name} contains NaN/Inf in {shown(bad_rows, 'row')}; drop or impute them "
+                        f"(see bpnet.doctor.check_data)")
 
 
-def validate_xy(X, y=None, *, name: str = "X"):
+def validate_xy(X, y=None, *, name: str = "X", y_name: str = "y"):
     """Check and convert ``(X, y)``; return them as NumPy arrays.
 
     ``X`` must be numeric, non-empty, at least 2-D ``(n_samples, ...)`` and
@@ -86,17 +79,17 @@ def validate_xy(X, y=None, *, name: str = "X"):
     if y is not None:
         y = np.asarray(y)
         if y.ndim == 0:
-            raise DataError(f"y is a scalar; pass one target per sample (shape ({len(X)},))")
-        _check_numeric(y, "y", "encode the labels as integers 0..K-1 first, for example "
+            raise DataError(f"{y_name} is a scalar; pass one target per sample (shape ({len(X)},))")
+        _check_numeric(y, y_name, "encode the labels as integers 0..K-1 first, for example "
                                "classes, y = np.unique(y, return_inverse=True), "
                                "or convert with y.astype(float)")
         if y.dtype.kind == "b":
             y = y.astype(np.int64)
         if len(y) != len(X):
-            raise DataError(f"{name} has {len(X)} samples but y has {len(y)}; they must match")
+            raise DataError(f"{name} has {len(X)} samples but {y_name} has {len(y)}; they must match")
     _check_finite(X, name)
     if y is not None:
-        _check_finite(y, "y")
+        _check_finite(y, y_name)
     return X, y
 
 

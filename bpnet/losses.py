@@ -11,6 +11,7 @@ import numpy as np
 from .backends import get_backend
 from .errors import ConfigError, LabelError, ShapeError
 from .layers.activations import Sigmoid
+from .validation import non_negative, real, weight_vector
 
 _SIGMOID = Sigmoid()          # its f (the overflow-free σ), run by the backend's kernel where it has one
 
@@ -183,11 +184,10 @@ class CrossEntropy(_Categorical):
 
     def __init__(self, class_weights=None, label_smoothing: float = 0.0):
         super().__init__()
-        if not 0.0 <= label_smoothing < 1.0:
+        if not 0.0 <= real(label_smoothing, "CrossEntropy(label_smoothing=...)") < 1.0:
             raise ConfigError(f"label_smoothing={label_smoothing} must be in [0, 1)")
-        self.class_weights = None if class_weights is None else np.asarray(class_weights, dtype=np.float64)
-        if self.class_weights is not None and (self.class_weights < 0).any():
-            raise ConfigError("class_weights must be non-negative")
+        self.class_weights = None if class_weights is None else \
+            weight_vector(class_weights, "CrossEntropy(class_weights=...)")
         self.label_smoothing = float(label_smoothing)
 
     def _weights(self, output):
@@ -239,12 +239,8 @@ class FocalLoss(_Categorical):
 
     def __init__(self, gamma: float = 2.0, alpha=None):
         super().__init__()
-        if gamma < 0:
-            raise ConfigError(f"FocalLoss(gamma={gamma}): gamma must be >= 0")
-        self.gamma = float(gamma)
-        self.alpha = None if alpha is None else np.asarray(alpha, dtype=np.float64)
-        if self.alpha is not None and (self.alpha.ndim != 1 or (self.alpha < 0).any()):
-            raise ConfigError(f"FocalLoss(alpha={alpha!r}): alpha must be one non-negative weight per class")
+        self.gamma = non_negative(gamma, "FocalLoss(gamma=...)")
+        self.alpha = None if alpha is None else weight_vector(alpha, "FocalLoss(alpha=...)")
 
     def forward(self, output, target):
         bk, xp = self._bk(), self._bk().xp
@@ -297,7 +293,7 @@ class BCEWithLogits(Loss):
 
     def __init__(self, pos_weight=None):
         super().__init__()
-        if pos_weight is not None and not float(pos_weight) >= 0:
+        if pos_weight is not None and not real(pos_weight, "BCEWithLogits(pos_weight=...)") >= 0:
             raise ConfigError(f"BCEWithLogits(pos_weight={pos_weight}): pos_weight must be >= 0 "
                               "(a negative weight makes the loss unbounded below)")
         self.pos_weight = None if pos_weight is None else float(pos_weight)

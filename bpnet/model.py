@@ -11,12 +11,14 @@ import math
 
 import numpy as np
 
-from . import training
+from . import arguments, memory, training
+from .casting import as_dtype
 from .container import LayerStack
 from .data import validate_xy
 from .errors import ConfigError, DataError, ShapeError
 from .losses import get_loss
 from .optim import get_optimizer
+from .validation import did_you_mean
 
 _TOOLS: dict = {}
 
@@ -78,9 +80,11 @@ class Sequential(LayerStack):
         self.loss_scaler = None if loss_scaler is None else loss_scaler.bind(self)
         if metrics is None:
             metrics = ["accuracy"] if self.loss.kind == "classification" else []
+        if isinstance(metrics, str):           # metrics="accuracy" means one metric, not the letters of one
+            metrics = [metrics]
         for m in metrics:
             if m != "accuracy":
-                raise ConfigError(f"unknown metric {m!r}; bpnet computes 'accuracy'")
+                raise ConfigError(f"unknown metric {m!r}{did_you_mean(m, ['accuracy'])}; bpnet computes 'accuracy'")
             if self.loss.kind != "classification":
                 raise ConfigError(f"metric 'accuracy' needs a classification loss, not {type(self.loss).__name__}")
         self.metrics = list(metrics)
@@ -90,51 +94,13 @@ class Sequential(LayerStack):
         if self.loss is None or self.optimizer is None:
             raise ConfigError("call model.compile(loss=..., optimizer=...) before fit/evaluate")
 
-    def _prepare(self, X, y):
+    def _prepare(self, X, y, names=("X", "y")):
         """Validate data, build the model for it, and check the targets fit the loss."""
         if y is None:
             raise DataError("training and evaluation need targets: pass y, one per sample of X "
                             "(model.predict(X) gives the outputs without targets)")
-        X, y = validate_xy(X, y)
-        X = X.astype(self.dtype, copy=False)
-        if not self.built:
-            self.build(X.shape[1:])
-        if tuple(X.shape[1:]) != self.input_shape:
-            raise ShapeError(self._input_mismatch(tuple(X.shape)))
-        self.loss.check_target(y, int(np.prod(self.output_shape)))
-        if self.loss.kind == "regression" or y.ndim == 2:
-            y = y.astype(self.dtype, copy=False)
-        return X, y
-
-    def train_step(self, xb, yb) -> tuple[float, object]:
-        """One step of gradient descent on a batch; returns (loss, output)."""
-        out = self.forward(xb, training=True)
-        scaler = self.loss_scaler
-        if scaler is None:
-            loss = self.loss.forward(out, yb)
-            if self._anomaly is not None:
-                self._anomaly.check_loss(self, loss, out, yb)
-            self.backward(self.loss.backward())
-            return loss, out
-        # mixed precision: the loss in float32, its gradient scaled and cast to the compute dtype
-        loss = self.loss.forward(out.astype(scaler.master_dtype, copy=False), yb)
-        if self._anomaly is not None:
-            self._anomaly.check_loss(self, loss, out, yb)
-        self.backward(scaler.scale_loss_grad(self.loss.backward()))
-        scaler.unscale_grads()          # float32 gradients; on overflow sets skip_step
-        return loss, out
-
-    def _require_compiled(self):
-        if self.loss is None or self.optimizer is None:
-            raise ConfigError("call model.compile(loss=..., optimizer=...) before fit/evaluate")
-
-    def _prepare(self, X, y):
-        """Validate data, build the model for it, and check the targets fit the loss."""
-        if y is None:
-            raise DataError("training and evaluation need targets: pass y, one per sample of X "
-                            "(model.predict(X) gives the outputs without targets)")
-        X, y = validate_xy(X, y)
-        X = X.astype(self.dtype, copy=False)
+        X, y = validate_xy(X, y, name=names[0], y_name=names[1])
+        X = as_dtype(X, self.dtype, names[0])          # refuses values the model's dtype cannot hold
         if not self.built:
             self.build(X.shape[1:])
         if tuple(X.shape[1:]) != self.input_shape:
@@ -176,7 +142,9 @@ class Sequential(LayerStack):
     def evaluate(self, X, y, batch_size: int = 256) -> dict:
         """Mean loss (and metrics) over (X, y) in evaluation mode, as a dict."""
         self._require_compiled()
+        batch_size = arguments.eval_batch_size(batch_size, "evaluate")
         X, y = self._prepare(X, y)
+        memory.require_memory(self, min(batch_size, len(X)), "evaluate", training=False)
         total, weight, correct = 0.0, 0.0, 0
         trusted, self.loss.trusted = self.loss.trusted, True
         try:
@@ -201,8 +169,15 @@ class Sequential(LayerStack):
 
     def predict(self, X, batch_size: int = 256) -> np.ndarray:
         """Model outputs for X (evaluation mode) as a host NumPy array."""
+        batch_size = arguments.eval_batch_size(batch_size, "predict")
         X, _ = validate_xy(X)
-        X = X.astype(self.dtype, copy=False)
+        if not self.built:
+            self.build(X.shape[1:])
+        outputs = 2 * len(X) * math.prod(self.output_shape) * self.dtype.itemsize   # the batches, then one array
+        cast = 0 if X.dtype == self.dtype else X.size * self.dtype.itemsize
+        memory.require_memory(self, min(batch_size, len(X)), "predict", training=False,
+                              extra_bytes=outputs + cast)
+        X = as_dtype(X, self.dtype)
         outs = [self.backend.to_numpy(self.forward(X[i:i + batch_size], training=False)).copy()
                 for i in range(0, len(X), batch_size)]
         self.clear_cache()

@@ -34,6 +34,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from . import arguments, memory
 from .callbacks import CallbackList, ProgressBar
 from .data import DataLoader
 from .errors import ConfigError
@@ -287,14 +288,19 @@ def fit(model, X, y, epochs: int = 1, batch_size: int = 32, validation_data=None
         **options):
     """``Sequential.fit``: validate the data, apply the plugins (``doctor=``, ...), run the loop."""
     model._require_compiled()
+    epochs, batch_size, initial_epoch = arguments.fit_arguments(epochs, batch_size, initial_epoch, validation_split)
     loop = TrainingLoop(model, callbacks, epochs=epochs, batch_size=batch_size, shuffle=shuffle,
                         verbose=verbose, initial_epoch=initial_epoch, strategy=strategy)
+    loop.validation_data = validation_data        # as given, for plugins that check it (the doctor)
     try:
         _apply_fit_options(loop, X, y, options, FIT_OPTION_ORDER[:1])     # may choose the strategy
         with loop.strategy.guard(loop):
             _apply_fit_options(loop, X, y, options, FIT_OPTION_ORDER[1:])
             X, y = model._prepare(X, y)
+            arguments.check_split(validation_split, len(X), validation_data)
             X, y, validation_data = split_validation(X, y, validation_split, validation_data)
+            validation_data = arguments.prepared_validation_data(model, validation_data)
+            memory.require_memory(model, min(batch_size, len(X)), "fit")
             return loop.run(X, y, validation_data)
     finally:
         for undo in reversed(loop.cleanups):     # plugins applied before the run began

@@ -11,6 +11,8 @@ import difflib
 import math
 import numbers
 
+import numpy as np
+
 from .errors import ConfigError
 
 
@@ -66,3 +68,20 @@ def whole(value, what: str, minimum: int | None = None) -> int:
 def batch_size(value, what: str = "batch_size") -> int:
     """A positive whole batch size."""
     return whole(value, what, minimum=1)
+
+
+def weight_vector(values, what: str):
+    """One finite, non-negative weight per class, not all zero, as a float64 array."""
+    try:
+        w = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{what} must be numbers, one per class, got {values!r}") from None
+    if w.ndim != 1 or w.size == 0:
+        raise ConfigError(f"{what} must be a 1-D list with one weight per class, got shape {w.shape}")
+    if not np.isfinite(w).all():
+        raise ConfigError(f"{what} holds NaN/Inf at classes {np.flatnonzero(~np.isfinite(w)).tolist()}")
+    if (w < 0).any():
+        raise ConfigError(f"{what} must be non-negative; class {int(np.argmax(w < 0))} has {w[w < 0][0]}")
+    if not w.any():
+        raise ConfigError(f"{what} are all zero: every sample would count for nothing (the loss is 0/0)")
+    return w

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ConfigError
+from ..validation import positive, real
 from .base import Layer
 
 
@@ -33,7 +34,7 @@ class BatchNorm1d(Layer):
 
     def __init__(self, momentum: float = 0.1, eps: float = 1e-5, name: str | None = None):
         super().__init__(name)
-        if not 0.0 <= momentum <= 1.0 or eps <= 0:
+        if not 0.0 <= real(momentum, "BatchNorm1d(momentum=...)") <= 1.0 or not positive(eps, "BatchNorm1d(eps=...)"):
             raise ConfigError(f"BatchNorm1d(momentum={momentum}, eps={eps}): need 0 <= momentum <= 1 and eps > 0")
         self.momentum, self.eps = float(momentum), float(eps)
         self.cache = None

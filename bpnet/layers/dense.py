@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from .. import init as initializers
 from ..errors import ConfigError
+from ..validation import whole
 from .base import Layer
 
 
@@ -37,10 +38,8 @@ class Dense(Layer):
     def __init__(self, units: int, in_features: int | None = None, init="xavier_uniform",
                  bias_init="zeros", name: str | None = None):
         super().__init__(name)
-        if int(units) <= 0:
-            raise ConfigError(f"Dense(units={units}): units must be a positive integer")
-        self.units = int(units)
-        self.in_features = None if in_features is None else int(in_features)
+        self.units = whole(units, "Dense(units=...)", minimum=1)           # Dense(2.5) is not 2 units
+        self.in_features = None if in_features is None else whole(in_features, "Dense(in_features=...)", minimum=1)
         self.init, self.bias_init = init, bias_init
         initializers.get_initializer(init)        # fail early on a bad name
         initializers.get_initializer(bias_init)
