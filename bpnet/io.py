@@ -160,7 +160,8 @@ def model_state(model) -> tuple[dict, dict]:
         config["loss_scaler"] = model.loss_scaler.get_config()
     if model.preprocessor is not None:
         config["preprocessor"] = {"class": type(model.preprocessor).__name__,
-                                  "config": model.preprocessor.get_config()}
+                                  "config": model.preprocessor.get_config(),
+                                  "applied": bool(getattr(model, "apply_preprocessor", False))}
         for k, v in model.preprocessor.state_dict().items():
             arrays[f"preprocessor/{k}"] = np.asarray(v)
     return config, arrays
@@ -254,6 +255,7 @@ def restore_state(model, config: dict, arrays: dict):
         cls = PREPROCESSORS[config["preprocessor"]["class"]]      # a registry, never getattr on a module
         saved = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("preprocessor/")}
         model.preprocessor = cls.from_state_dict(saved, config["preprocessor"]["config"])
+        model.apply_preprocessor = bool(config["preprocessor"].get("applied", False))
 
 
 def load_model(path, backend=None):

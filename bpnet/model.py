@@ -8,6 +8,7 @@ know: ``compile``, ``fit``, ``evaluate``, ``predict``, ``summary``, ``save``.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -59,6 +60,7 @@ class Sequential(LayerStack):
         self.skip_step = False      # set during a step (by a callback or the loss scaler) to veto the update
         self.history = None
         self.preprocessor = None    # e.g. a fitted Standardizer, saved with the model
+        self.apply_preprocessor = False   # True: fit/evaluate/predict pass raw X through the preprocessor
 
     def to(self, backend) -> "Sequential":
         super().to(backend)
@@ -127,11 +129,44 @@ class Sequential(LayerStack):
         ``distributed=True`` (or an mpi4py communicator) trains data-parallel over
         MPI ranks, with ``batch_size`` per rank: see :mod:`bpnet.distributed`.
         The three are plugins of the training loop (:mod:`bpnet.training`).
+        ``doctor="repair"`` hands the run to :func:`bpnet.doctor.repair`: it trains,
+        diagnoses, fixes the root cause and restarts until the doctor is quiet; this model
+        becomes the repaired one and ``history.repair`` holds the report.
         """
+        if isinstance(doctor, str) and doctor == "repair":
+            return _tool("repair")(self, X, y, epochs=epochs, batch_size=batch_size,
+                                   validation_data=validation_data, validation_split=validation_split,
+                                   callbacks=callbacks, verbose=verbose)
+        if self.apply_preprocessor and self.preprocessor is not None:
+            X = self._preprocess(X)
+            if validation_data is not None:
+                validation_data = (self._preprocess(validation_data[0]), *validation_data[1:])
+            with self._preprocessor_detached():
+                return training.fit(self, X, y, epochs=epochs, batch_size=batch_size,
+                                    validation_data=validation_data, validation_split=validation_split,
+                                    shuffle=shuffle, callbacks=callbacks, verbose=verbose,
+                                    initial_epoch=initial_epoch, distributed=distributed, doctor=doctor,
+                                    detect_anomaly=detect_anomaly)
         return training.fit(self, X, y, epochs=epochs, batch_size=batch_size, validation_data=validation_data,
                             validation_split=validation_split, shuffle=shuffle, callbacks=callbacks,
                             verbose=verbose, initial_epoch=initial_epoch, distributed=distributed,
                             doctor=doctor, detect_anomaly=detect_anomaly)
+
+    def _preprocess(self, X):
+        """Raw inputs through ``preprocessor`` when ``apply_preprocessor`` is set (else unchanged)."""
+        if not self.apply_preprocessor or self.preprocessor is None:
+            return X
+        return self.preprocessor.transform(X)
+
+    @contextmanager
+    def _preprocessor_detached(self):
+        """While fit trains on inputs it already transformed, its validation passes must not
+        transform them again."""
+        self.apply_preprocessor = False
+        try:
+            yield
+        finally:
+            self.apply_preprocessor = True
 
     def _batch_weight(self, n) -> float:
         """The weight of the last batch's loss in a mean over batches: its size, or the
@@ -143,7 +178,7 @@ class Sequential(LayerStack):
         """Mean loss (and metrics) over (X, y) in evaluation mode, as a dict."""
         self._require_compiled()
         batch_size = arguments.eval_batch_size(batch_size, "evaluate")
-        X, y = self._prepare(X, y)
+        X, y = self._prepare(self._preprocess(X), y)
         memory.require_memory(self, min(batch_size, len(X)), "evaluate", training=False)
         total, weight, correct = 0.0, 0.0, 0
         trusted, self.loss.trusted = self.loss.trusted, True
@@ -170,7 +205,7 @@ class Sequential(LayerStack):
     def predict(self, X, batch_size: int = 256) -> np.ndarray:
         """Model outputs for X (evaluation mode) as a host NumPy array."""
         batch_size = arguments.eval_batch_size(batch_size, "predict")
-        X, _ = validate_xy(X)
+        X, _ = validate_xy(self._preprocess(X))
         if not self.built:
             self.build(X.shape[1:])
         outputs = 2 * len(X) * math.prod(self.output_shape) * self.dtype.itemsize   # the batches, then one array

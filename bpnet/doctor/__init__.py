@@ -9,6 +9,8 @@
   :class:`Finding` objects with evidence and a remedy; ``fit(..., doctor=True)``
   runs them all and prints each finding once.  :func:`check_gradients`
   gradient-checks every layer and names the one whose backward is wrong.
+* Repair: :func:`repair` trains, diagnoses, applies the remedy for the root
+  cause and restarts until the doctor is quiet (``fit(..., doctor="repair")``).
 * Inspection: :func:`trace` (one batch, layer by layer), :func:`overfit_check`
   (can the pipeline memorise 10 samples?).
 """
@@ -21,12 +23,14 @@ from .gradients import check_gradients
 from .model_checks import check_memory, check_model
 from .monitor import Monitor
 from .overfit import OverfitReport, overfit_check
+from .repair import Baseline, RepairReport, fit_repair, repair
 from .thresholds import Thresholds
 from .trace import trace
 from ..model import register_model_tool
 
 register_model_tool("trace", trace)       # model.trace(x)
+register_model_tool("repair", fit_repair)  # model.fit(..., doctor="repair")
 
 __all__ = ["diagnose", "check_data", "check_model", "check_gradients", "check_memory", "overfit_check", "trace",
            "Monitor", "detect_anomaly",
-           "Finding", "Thresholds", "Doctor", "OverfitReport", "AnomalyChecker"]
+           "Finding", "Thresholds", "Doctor", "OverfitReport", "AnomalyChecker", "repair", "RepairReport"]

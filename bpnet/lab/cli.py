@@ -46,6 +46,8 @@ def _build(p):
     run.add_argument("--plot", metavar="PNG", type=types.output_path,
                      help="save broken vs repaired curves to this PNG (one scenario)")
     run.add_argument("--json", metavar="FILE", type=types.output_path, help="write the results as JSON")
+    run.add_argument("--no-auto-repair", dest="auto_repair", action="store_false",
+                     help="skip the third run, the broken model handed to bpnet.doctor.repair")
     run.set_defaults(func=_run)
 
 
@@ -87,13 +89,16 @@ def _run(args) -> int:
         def progress(r):
             print(f"  {r.scenario:<28} {'ok' if r.ok else 'FAILED':<6} {r.seconds:6.2f} s", file=sys.stderr,
                   flush=True)
-        results = run_all(seed=args.seed, progress=progress)
+        results = run_all(seed=args.seed, progress=progress, auto_repair=args.auto_repair)
         print(summary_table(results))
         total = sum(r.seconds for r in results)
         print(f"\n{sum(r.ok for r in results)}/{len(results)} scenarios passed all three checks "
               f"(seed {args.seed}, {total:.1f} s)")
+        if args.auto_repair:
+            print(f"{sum(bool(r.auto_ok) for r in results)}/{len(results)} auto-repaired by bpnet.doctor.repair "
+                  "(or, for a bug in the user's code, named)")
     else:
-        result = _scenario(args.name).run(args.seed)
+        result = _scenario(args.name).run(args.seed, auto_repair=args.auto_repair)
         results = [result]
         print(result.summary())
         if args.plot:

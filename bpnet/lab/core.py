@@ -10,7 +10,11 @@ trains both and judges three things:
     (e.g. first non-finite step ≤ 100, first-layer gradient norm < 1e-6);
 (b) diagnosed  -- the doctor's findings on the broken run include ``expected_code``;
 (c) repaired   -- the remedy run has a finite loss and meets its bar
-    (e.g. validation accuracy ≥ 0.9).
+    (e.g. validation accuracy ≥ 0.9);
+
+and, with ``auto_repair=True``, a third run: (d) auto-repaired -- the broken
+model handed to :func:`bpnet.doctor.repair`, which chooses the remedy itself,
+meets the same bars (or, for a bug in the user's code, names it).
 """
 from __future__ import annotations
 
@@ -73,6 +77,17 @@ class LabResult:
     remedy_bars: list
     variants: dict = field(default_factory=dict)
     seconds: float = 0.0
+    auto: object = None            # the auto-repaired run (bpnet.lab.auto_repair.AutoRepair), if run
+
+    @property
+    def auto_ok(self) -> bool | None:
+        """(d): the auto-repaired run met the bars (or named the user-code bug); None if not run."""
+        return None if self.auto is None else self.auto.ok
+
+    @property
+    def auto_remedies(self) -> list:
+        """The remedies the repair chose and kept (empty if not run)."""
+        return [] if self.auto is None else self.auto.remedies
 
     @property
     def findings(self):
@@ -101,6 +116,8 @@ class LabResult:
                 lines.append(f"      remedy: {f.remedy}")
         bars = ", ".join(f"{b} (got {_fmt(self.remedy_values.get(b.split()[0]))})" for b in self.remedy_bars)
         lines.append(f"  (c) remedy worked:      {mark(self.repaired_ok)} -- {bars}")
+        if self.auto is not None:
+            lines.append(f"  (d) auto-repaired:      {mark(self.auto.ok)} -- {self.auto.summary()}")
         for name, values in self.variants.items():
             lines.append(f"      variant {name}: " + ", ".join(f"{k} = {_fmt(v)}" for k, v in values.items()))
         for note in self.broken.notes + self.repaired.notes:
@@ -114,7 +131,16 @@ class LabResult:
                 "codes": self.broken.codes, "remedy_values": self.remedy_values,
                 "remedy_bars": list(self.remedy_bars), "variants": self.variants,
                 "broken_metrics": self.broken.metrics, "repaired_metrics": self.repaired.metrics,
-                "seconds": self.seconds}
+                "seconds": self.seconds, **self._auto_dict()}
+
+    def _auto_dict(self) -> dict:
+        if self.auto is None:
+            return {}
+        rep = self.auto.report
+        return {"auto_repaired": self.auto.ok, "auto_remedies": self.auto.remedies,
+                "auto_changes": rep.changes, "auto_attempts": len(rep.attempts) - 1,
+                "auto_bug": None if rep.bug is None else rep.bug.code, "auto_values": self.auto.values,
+                "auto_seconds": rep.training_seconds}
 
 
 def _fmt(v) -> str:
@@ -178,11 +204,19 @@ class Scenario:
         """Train the remedy configuration updated with variant ``name``."""
         return self._train({**self.remedy, **self.variants[name]}, seed, name)
 
-    def run(self, seed: int = 0, variants: bool = True) -> LabResult:
-        """Run broken and repaired configurations and judge checks (a), (b) and (c)."""
+    def auto_repaired_run(self, broken: Run, seed: int = 0):
+        """Hand the broken run's model to :func:`bpnet.doctor.repair` (check (d))."""
+        from .auto_repair import auto_repair
+        with single_threaded_blas():
+            return auto_repair(self, broken, seed)
+
+    def run(self, seed: int = 0, variants: bool = True, auto_repair: bool = False) -> LabResult:
+        """Run broken and repaired configurations and judge checks (a), (b) and (c);
+        ``auto_repair=True`` adds the auto-repaired run, check (d)."""
         start = time.perf_counter()
         broken = self.broken_run(seed)
         repaired = self.repaired_run(seed)
+        auto = self.auto_repaired_run(broken, seed) if auto_repair else None
         extra = {}
         if variants:
             for name in self.variants:
@@ -200,7 +234,7 @@ class Scenario:
             diagnosed=self.expected_code in broken.codes,
             repaired_ok=finite and all(b.holds(repaired.metrics) for b in self.remedy_bars),
             remedy_values=remedy_values, remedy_bars=[str(b) for b in self.remedy_bars],
-            variants=extra, seconds=time.perf_counter() - start)
+            variants=extra, seconds=time.perf_counter() - start, auto=auto)
 
     def describe(self) -> str:
         """Title, mechanism, data, both configurations and the three checks, as text."""
@@ -259,18 +293,18 @@ def get(name: str) -> Scenario:
     return _REGISTRY[name]
 
 
-def run(name: str, seed: int = 0, variants: bool = True) -> LabResult:
+def run(name: str, seed: int = 0, variants: bool = True, auto_repair: bool = False) -> LabResult:
     """Run one scenario by name: ``bpnet.lab.run("lr_too_high")``."""
-    return get(name).run(seed, variants=variants)
+    return get(name).run(seed, variants=variants, auto_repair=auto_repair)
 
 
-def run_all(seed: int = 0, names=None, progress: Callable | None = None) -> list[LabResult]:
+def run_all(seed: int = 0, names=None, progress: Callable | None = None, auto_repair: bool = False) -> list[LabResult]:
     """Run every scenario (or those in ``names``); ``progress(result)`` is called after each."""
     results = []
     for sc in scenarios():
         if names is not None and sc.name not in names:
             continue
-        res = sc.run(seed)
+        res = sc.run(seed, auto_repair=auto_repair)
         results.append(res)
         if progress is not None:
             progress(res)
@@ -280,9 +314,21 @@ def run_all(seed: int = 0, names=None, progress: Callable | None = None) -> list
 def summary_table(results) -> str:
     """The results as a Markdown table: scenario, reproduced, diagnosed, repaired, time."""
     mark = lambda b: "yes" if b else "**no**"  # noqa: E731
-    lines = ["| scenario | failure reproduced | diagnosis correct | remedy worked | time (s) |",
-             "|---|---|---|---|---|"]
+    auto = any(r.auto is not None for r in results)
+    lines = ["| scenario | failure reproduced | diagnosis correct | remedy worked |"
+             + (" auto-repaired (remedy chosen) |" if auto else "") + " time (s) |",
+             "|---|---|---|---|" + ("---|" if auto else "") + "---|"]
     for r in results:
+        cell = ""
+        if auto:
+            cell = " n/a |" if r.auto is None else f" {mark(r.auto.ok)} ({_chosen(r.auto)}) |"
         lines.append(f"| {r.scenario} | {mark(r.reproduced)} ({r.metric} = {_fmt(r.value)}) | "
-                     f"{mark(r.diagnosed)} ({r.expected_code}) | {mark(r.repaired_ok)} | {r.seconds:.2f} |")
+                     f"{mark(r.diagnosed)} ({r.expected_code}) | {mark(r.repaired_ok)} |{cell} {r.seconds:.2f} |")
     return "\n".join(lines)
+
+
+def _chosen(auto) -> str:
+    rep = auto.report
+    if rep.bug is not None:
+        return f"bug named: {rep.bug.evidence.get('class') or rep.bug.code}"
+    return ", ".join(auto.remedies) or "none"
