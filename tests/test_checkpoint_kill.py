@@ -23,7 +23,7 @@ CHILD = textwrap.dedent("""
     import bpnet
     real_fsync = os.fsync
     def slow_fsync(fd):                 # a slow disk: the temporary file lives for a while
-        time.sleep(0.02)
+        time.sleep(0.05)
         real_fsync(fd)
     os.fsync = slow_fsync
     model = bpnet.Sequential([bpnet.Dense(256), bpnet.ReLU(), bpnet.Dense(4)], seed=0, backend="numpy")
