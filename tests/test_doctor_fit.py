@@ -1,4 +1,4 @@
-"""fit(doctor=True): healthy runs give no findings; broken ones are reported once, as they appear."""
+"""fit(doctor=True): healthy runs give no findings; broken ones are reported once, main problem first."""
 import numpy as np
 import pytest
 
@@ -43,8 +43,9 @@ def test_findings_are_printed_once_when_found_and_kept():
     codes = [f.code for f in h.findings]
     assert codes[:2] == ["UNNORMALIZED_INPUTS", "DOUBLE_SOFTMAX"]           # data first, then the model
     assert len(codes) == len(set((f.code, f.where) for f in h.findings))   # each once
-    assert len(lines) == len(h.findings)
-    assert lines[0].startswith("doctor: [warning] UNNORMALIZED_INPUTS:") and "remedy:" in lines[0]
+    assert len(lines) == len(h.findings) + 1           # the headline, then each finding once
+    assert lines[0].startswith("doctor: main problem: UNNORMALIZED_INPUTS at X (warning)") and "remedy:" in lines[0]
+    assert lines[1].startswith("doctor: [warning] UNNORMALIZED_INPUTS:") and "remedy:" in lines[1]
     assert h.to_dict()["findings"][1]["code"] == "DOUBLE_SOFTMAX"
 
 

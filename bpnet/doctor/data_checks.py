@@ -85,8 +85,12 @@ def _scale(out, S, t):
     mean, std = S.mean(axis=0), S.std(axis=0)
     varying = std > 0
     abs_mean = np.abs(mean)
+    # a feature that is almost always one value (a rarely inked pixel) has a tiny std but is no
+    # scale problem: a small spread counts only when the bulk of the values (the IQR) is small too
+    q1, q3 = np.percentile(S, [25, 75], axis=0)
+    bulk = (q3 - q1) / 1.349
     bad_mean = np.flatnonzero(abs_mean > t.mean_max)
-    bad_std = np.flatnonzero(varying & ((std < t.std_min) | (std > t.std_max)))
+    bad_std = np.flatnonzero(varying & (((std < t.std_min) & (bulk > 0)) | (std > t.std_max)))
     if not len(bad_mean) and not len(bad_std):
         return
     worst = sorted(set(bad_mean.tolist()) | set(bad_std.tolist()))
@@ -119,7 +123,7 @@ def _outliers(out, Xc, S, t):
         return
     dev = np.abs(Xc[:, cols] - med[cols])
     z = dev / mad[cols]
-    mask = (z > t.outlier_z) & (dev > t.outlier_range * spread[cols])
+    mask = _isolated((z > t.outlier_z) & (dev > t.outlier_range * spread[cols]), dev, t)
     if not mask.any():
         return
     rows = np.flatnonzero(mask.any(axis=1))
@@ -138,6 +142,29 @@ def _outliers(out, Xc, S, t):
         remedy="check those rows for recording or unit errors; drop or clip them, or use "
                "bpnet.data.RobustScaler (median/IQR) instead of a Standardizer.",
         where="X"))
+
+
+def _isolated(mask, dev, t):
+    """Keep, per feature, only candidates set apart from the rest by a gap.
+
+    Real data sets have heavy tails (breast-cancer areas reach robust z-scores of 36 after
+    standardising), but a tail is a continuum: sorted by distance from the median, each value
+    is within a small factor of the next.  A unit error (x1000) jumps: the smallest flagged
+    distance is ``outlier_gap`` times the next value's or more.  The cut goes at the largest
+    ratio between consecutive distances among the candidates."""
+    keep = np.zeros_like(mask)
+    gap = getattr(t, "outlier_gap", 4.0)
+    for j in np.flatnonzero(mask.any(axis=0)):
+        c = int(mask[:, j].sum())
+        order = np.argsort(-dev[:, j], kind="stable")
+        top = dev[order[:c + 1], j]
+        if len(top) <= c:                     # every value is a candidate: no bulk to stand apart from
+            continue
+        ratios = top[:-1] / np.maximum(top[1:], 1e-300)
+        cut = int(np.argmax(ratios))
+        if ratios[cut] >= gap:
+            keep[order[:cut + 1], j] = True
+    return keep & mask
 
 
 def _n_outputs(model):
@@ -164,8 +191,8 @@ def _labels(out, y, loss, model, t):
         except LabelError as e:
             out.append(_label_finding(str(e), y, name, width))
             return
-        if n_out is None and y.ndim == 1 and y.dtype.kind in "iu" and y.size and name != "BCEWithLogits" \
-                and int(y.min()) >= 1:
+        if y.ndim == 1 and y.dtype.kind in "iu" and y.size and name != "BCEWithLogits" \
+                and int(y.min()) >= 1 and (n_out is None or (int(y.min()) == 1 and int(y.max()) == n_out - 1)):
             out.append(_label_finding(
                 f"{name} expects class labels 0..K-1 but the labels run from {int(y.min())} to "
                 f"{int(y.max())}; class 0 never occurs, which usually means 1-based labels.", y, name, width,
@@ -177,7 +204,9 @@ def _labels(out, y, loss, model, t):
         if labels is not None:
             _imbalance(out, np.asarray(labels).astype(np.int64), t)
     else:                                   # regression: class labels fed to MSE/MAE?
-        if y.ndim == 1 and y.dtype.kind in "iub" and n_out is not None and n_out > 1:
+        _target_scale(out, y, t)
+        integral = y.dtype.kind in "iub" or (y.dtype.kind == "f" and y.size and bool(np.all(y == np.round(y))))
+        if y.ndim == 1 and integral and n_out is not None and n_out > 1:
             out.append(_label_finding(
                 f"{name} is a regression loss but y holds integer labels of shape {y.shape} for a model "
                 f"with {n_out} outputs: it looks like class labels for a classifier.", y, name, n_out,
@@ -187,15 +216,40 @@ def _labels(out, y, loss, model, t):
             out.append(_label_finding(
                 f"{name}: y has {y.shape[1]} columns but the model has {n_out} outputs.", y, name, n_out,
                 remedy="make the last Dense layer as wide as y has columns."))
-        elif y.dtype.kind in "iu" and (y.ndim == 1 or y.shape[1] == 1) and n_out in (None, 1) \
+        elif integral and (y.ndim == 1 or y.shape[1] == 1) and n_out in (None, 1) \
                 and 3 <= len(values := np.unique(y)) <= 20 and np.array_equal(values, np.arange(len(values))):
+            stored = "the integers" if y.dtype.kind in "iu" else f"whole numbers (stored as {y.dtype})"
             out.append(_label_finding(
-                f"{name} is a regression loss but y holds the integers 0..{len(values) - 1} and nothing else: "
+                f"{name} is a regression loss but y holds {stored} 0..{len(values) - 1} and nothing else: "
                 "they look like class labels. As numbers they claim an order and distances between classes "
                 "(a 7 'between' a 6 and an 8), and the squared error pulls ambiguous inputs toward "
                 "the mean label.", y, name, len(values), severity="warning",
                 remedy=f"for classification use {len(values)} outputs and loss='cross_entropy' (integer labels, "
                        "logits out); keep MSE only if the integers really are quantities."))
+
+
+def _target_scale(out, y, t):
+    """UNNORMALIZED_TARGETS: regression targets of std or |mean| far above 1 (house prices in
+    dollars): the initial errors and gradients are that large, and one learning rate cannot suit
+    both the first steps and the last."""
+    if y.dtype.kind not in "iuf" or not y.size:
+        return
+    Y = y.reshape(len(y), -1).astype(np.float64)
+    if Y.dtype.kind == "f" and np.all(Y == np.round(Y)) and len(np.unique(Y)) <= 20:
+        return                                 # counts or class ids: _labels speaks about those
+    mean, std = np.abs(Y.mean(axis=0)), Y.std(axis=0)
+    if not (mean.max() > t.mean_max or std.max() > t.std_max):
+        return
+    out.append(Finding(
+        F.UNNORMALIZED_TARGETS, "warning",
+        f"the regression targets are far from unit scale (largest |mean| {mean.max():.4g}, std "
+        f"{std.max():.4g}): the initial squared errors are ~{max(mean.max(), std.max()) ** 2:.3g}, so the first "
+        "gradients are huge and a learning rate small enough for them is too small afterwards.",
+        evidence={"max_abs_mean": float(mean.max()), "max_std": float(std.max()),
+                  "limits": {"mean_max": t.mean_max, "std_max": t.std_max}},
+        remedy="standardise y too (y_scaler = bpnet.data.Standardizer().fit(y_train)) and invert the "
+               "transform on predictions (y_scaler.inverse_transform).",
+        where="y"))
 
 
 def _label_finding(message, y, loss_name, width, severity="error", remedy=None) -> Finding:

@@ -12,16 +12,24 @@ VANISHING_GRADIENTS     first/last ratio < 1e-3 and first-layer norm < 1e-4
 DYING_RELU              >= 70 % of a ReLU layer's units output 0 for a whole batch
 SATURATED_ACTIVATIONS   > 50 % of a sigmoid/tanh layer's outputs have |z| > 5
 NONFINITE_LOSS          a NaN/Inf loss, with the signal that went wrong before it
-LR_TOO_HIGH             the loss rises several points in a row, or swings up and down
+LR_TOO_HIGH             the loss rises several points in a row, swings up and down by more than
+                        a quarter of what the run learnt, ends above its start, or the first
+                        updates were > 0.5 of the weights and the run never learnt (loss_rules)
 LR_TOO_LOW / PLATEAU    the loss is flat; LR_TOO_LOW when the weights barely move too
                         (update/weight ratio < 1e-5)
 STEP_SIZE               a weight matrix's update/weight ratio > 1e-1 or < 1e-6 (healthy ~1e-3),
                         or plain SGD stepping by more than 3x lr·‖g‖ (gradients summed over steps)
 GRADIENT_ASCENT         the updates point along +∇L (median cosine of update and gradient > 0)
-OVERFITTING             validation loss rising 3 epochs in a row while training loss falls
+OVERFITTING             validation loss rising beyond its own noise while training loss falls;
+                        info when the validation accuracy holds (loss_rules)
 VANISHING_THROUGH_TIME  a recurrent layer's ‖∂L/∂h_1‖ / ‖∂L/∂h_T‖ < 1e-5 (see through_time)
 EXPLODING_THROUGH_TIME  the same ratio > 1e2
 ======================  ==================================================================
+
+A run that learnt well (final loss below half the initial) is not stuck: STEP_SIZE,
+SATURATED_ACTIVATIONS, VANISHING_GRADIENTS, partly dead ReLUs and a flat end are then
+``info``, and GRADIENT_ASCENT is not claimed.  The findings come back as one story
+(:func:`~bpnet.doctor.story.tell`): root causes first, symptoms with ``caused_by``.
 
 With ``model=`` it adds the static checks of :func:`~bpnet.doctor.check_model`.
 """
@@ -35,7 +43,9 @@ import numpy as np
 from . import findings as F
 from ._paths import describe
 from .findings import Finding
+from .loss_rules import Outcome, learning_rate, overfitting
 from .model_checks import check_model
+from .story import tell
 from .thresholds import Thresholds
 from .through_time import diagnose as _through_time
 
@@ -43,8 +53,10 @@ _LAYER_KEY = re.compile(r"^\d+(\.\d+)*$")
 _BLOCK = 5          # per-step losses are averaged in blocks of this many records
 
 
-def diagnose(history, model=None, thresholds: Thresholds | None = None) -> list[Finding]:
-    """Findings for a run: ``history`` is a :class:`~bpnet.History` (or its ``to_dict()``)."""
+def diagnose(history, model=None, thresholds: Thresholds | None = None, static: bool = True) -> list[Finding]:
+    """Findings for a run: ``history`` is a :class:`~bpnet.History` (or its ``to_dict()``).
+    ``static=False`` leaves out :func:`check_model` (the model is then read only for its optimizer
+    and layer names)."""
     from ..history import History
     if isinstance(history, dict):
         history = History.from_dict(history)
@@ -52,13 +64,38 @@ def diagnose(history, model=None, thresholds: Thresholds | None = None) -> list[
     run = _Run(history, model, t)
     out: list[Finding] = []
     for rule in (_nonfinite_loss, _gradients, _through_time, _activations, _learning_rate, _step_size,
-                 _update_direction, _overfitting):
+                 _update_direction, overfitting):
         out.extend(rule(run))
     if any(f.code == F.LR_TOO_LOW for f in out):     # the same cause, said more precisely
         out = [f for f in out if not (f.code == F.STEP_SIZE and f.where == "too small")]
-    if model is not None and getattr(model, "layers", None):
+    out = _weigh_outcome(run, out)
+    if static and model is not None and getattr(model, "layers", None):
         out.extend(check_model(model, thresholds=t))
-    return out
+    return tell(out)
+
+
+# Findings about how training went that a run which learnt well shows only as a passing state.
+_OUTCOME_GATED = {F.STEP_SIZE, F.SATURATED_ACTIVATIONS, F.VANISHING_GRADIENTS}
+
+
+def _weigh_outcome(run, found):
+    """A run that learnt well (loss below half its initial value) is not stuck, saturated or
+    stepping wrongly: those findings become info, with the outcome in their evidence.
+    Gradient ascent needs a loss that did not fall."""
+    out = Outcome(run)
+    if not out.learnt_well():
+        return found
+    kept = []
+    for f in found:
+        if f.code == F.GRADIENT_ASCENT:
+            continue
+        gated = f.code in _OUTCOME_GATED and f.where != "growing"
+        if gated:
+            f.severity = "info"
+            f.evidence = {**f.evidence, "learnt": out.learnt, "initial_loss": out.initial, "final_loss": out.final}
+            f.message += f" The run still learnt ({out.learnt:.0%} of the initial loss removed), so this is worth knowing, not a failure."
+        kept.append(f)
+    return kept
 
 
 class _Run:
@@ -88,6 +125,9 @@ class _Run:
 
     def where(self, path):
         return describe(self.model, path)
+
+    def update_ratios(self):
+        return _update_ratios(self)
 
     def loss_series(self):
         """(values, unit): finite epoch losses, or block means of per-step losses when
@@ -208,8 +248,12 @@ def _gradients(run):
                    "for tanh), clip gradients (clip_grad_norm(model, 1.0)), lower the learning rate, "
                    "or add BatchNorm1d / residual connections."))
     # exactly-zero gradients come from dead units (DYING_RELU), not from shrinking products
-    if ratio is not None and ratio < t.vanish_ratio and g_first is not None and g_first < t.vanish_norm \
-            and run.zero_frac(first) < 0.99:
+    # a run that has learnt (almost) nothing is judged 10x less strictly, and without the absolute norm
+    stalled = Outcome(run).learnt < 0.25 and len(run.finite_steps) >= 2 * t.recent
+    vanishing = ratio is not None and (
+        (ratio < t.vanish_ratio and g_first is not None and g_first < t.vanish_norm) or
+        (stalled and ratio < 10 * t.vanish_ratio))
+    if vanishing and run.zero_frac(first) < 0.99:
         out.append(Finding(
             F.VANISHING_GRADIENTS, "error",
             f"gradients are vanishing: the first layer's gradient norm is {g_first:.3g}, "
@@ -268,63 +312,7 @@ def _update_ratios(run):
 
 
 def _learning_rate(run):
-    t = run.t
-    s, unit = run.loss_series()
-    out = []
-    if len(s) >= 3:
-        k = t.rise_epochs
-        tail = s[-(k + 1):]
-        floor = t.noise_floor * abs(s[0])
-        rising = len(tail) == k + 1 and all(b > a for a, b in zip(tail, tail[1:])) and tail[-1] - tail[0] > floor
-        rise = (tail[-1] - tail[0]) / abs(tail[0]) if rising and tail[0] != 0 else 0.0
-        swings, last_sign = 0, 0
-        for a, b in zip(s, s[1:]):
-            base = min(abs(a), abs(b))
-            if base > 0 and abs(b - a) / base > t.swing_rel and abs(b - a) > floor:
-                sign = 1 if b > a else -1
-                if sign != last_sign:
-                    swings += 1
-                last_sign = sign
-        if rise > t.rise_rel or swings >= t.swing_count:
-            by = f"{rise:.0%}" if rise < 10 else f"a factor of {1 + rise:.3g}"
-            why = (f"the loss rose {k} {unit}s in a row, by {by} (from {tail[0]:.4g} to {tail[-1]:.4g})"
-                   if rise > t.rise_rel else
-                   f"the loss swung up and down by more than {t.swing_rel:.0%} {swings} times")
-            out.append(Finding(
-                F.LR_TOO_HIGH, "error" if rise > 1.0 else "warning",
-                f"the learning rate looks too high: {why}; the steps overshoot the minimum.",
-                evidence={"losses": [float(v) for v in s[-12:]], "unit": unit, "rise": rise, "swings": swings,
-                          "lr": _lr(run)},
-                remedy="divide the learning rate by 3-10, or use a warm-up / ReduceLROnPlateau; clip "
-                       "gradients if single batches spike."))
-    w = t.plateau_window
-    if len(s) >= w + 1 and not out:
-        ref, best = s[-w - 1], min(s[-w:])
-        improvement = (ref - best) / abs(ref) if ref != 0 else 0.0
-        if improvement < t.plateau_rel and s[-1] > max(t.converged_loss, t.converged_rel * abs(s[0])):
-            ratios = _update_ratios(run)
-            med = float(np.median(list(ratios.values()))) if ratios else None
-            ev = {"losses": [float(v) for v in s[-(w + 1):]], "unit": unit, "improvement": improvement,
-                  "median_update_ratio": med, "lr": _lr(run)}
-            if med is not None and med < t.lr_low_ratio:
-                out.append(Finding(
-                    F.LR_TOO_LOW, "warning",
-                    f"the loss has not improved over the last {w} {unit}s ({improvement:.2%}) and each step "
-                    f"changes the weights by only {med:.2g} of their size (a healthy step is ~1e-3): the "
-                    "learning rate is too low.",
-                    evidence=ev,
-                    remedy="raise the learning rate by 10x at a time (or run an LR range test); Adam with "
-                           "lr=1e-3 is a sound default."))
-            else:
-                out.append(Finding(
-                    F.PLATEAU, "warning",
-                    f"the loss has been flat at {s[-1]:.4g} for the last {w} {unit}s "
-                    f"(improvement {improvement:.2%}) although the weights still move"
-                    f"{f' ({med:.2g} of their size per step)' if med is not None else ''}.",
-                    evidence=ev,
-                    remedy="the model may be stuck (saddle, dead units) or too small: try a learning-rate "
-                           "schedule (ReduceLROnPlateau), a bigger model, or check the other findings."))
-    return out
+    return learning_rate(run, _lr(run))
 
 
 def _lr(run):
@@ -404,7 +392,12 @@ def _update_direction(run):
     if len(cos) < t.recent:
         return []
     med = float(np.median(cos))
-    if not med > t.ascent_cos:
+    opt = getattr(run.model, "optimizer", None)
+    plain_sgd = type(opt).__name__ == "SGD" and not getattr(opt, "momentum", 0.0)
+    # momentum and adaptive steps lag the gradient: an overshooting run gives a small positive
+    # cosine; a sign error gives a large one
+    limit = t.ascent_cos if plain_sgd or opt is None else max(t.ascent_cos, 0.5)
+    if not med > limit:
         return []
     return [Finding(
         F.GRADIENT_ASCENT, "error",
@@ -412,29 +405,6 @@ def _update_direction(run):
         f"∇L has median {med:+.2f} over {len(cos)} steps (gradient descent gives -1 for SGD and below 0 "
         "for any descent method), so every step raises the loss to first order whatever the "
         "learning rate.",
-        evidence={"median_cos": med, "cos": cos[-12:], "limit": t.ascent_cos},
+        evidence={"median_cos": med, "cos": cos[-12:], "limit": limit},
         remedy="fix the sign of the update: w -= lr * g (not +=); if the gradient itself is "
                "suspect, run bpnet.doctor.check_gradients(model, X[:4]).")]
-
-
-def _overfitting(run):
-    t = run.t
-    val, tr = run.val_loss, run.epoch_loss
-    k = t.overfit_epochs
-    if len(val) < k + 1 or len(tr) < k + 1 or not all(_finite(v) for v in val[-(k + 1):]):
-        return []
-    tail = val[-(k + 1):]
-    rising = all(b > a for a, b in zip(tail, tail[1:]))
-    best = min(v for v in val if _finite(v))
-    best_epoch = int(np.nanargmin(np.asarray(val, dtype=float)))
-    if not (rising and tr[-1] < tr[-(k + 1)] and val[-1] > best * (1 + t.overfit_rise)):
-        return []
-    return [Finding(
-        F.OVERFITTING, "warning",
-        f"the model is overfitting: validation loss rose {k} epochs in a row to {val[-1]:.4g} "
-        f"({(val[-1] / best - 1):.0%} above its best, {best:.4g} at epoch {best_epoch}) while the "
-        f"training loss kept falling (to {tr[-1]:.4g}).",
-        evidence={"val_loss": [float(v) for v in val[-(k + 1):]], "loss": [float(v) for v in tr[-(k + 1):]],
-                  "best_val_loss": float(best), "best_epoch": best_epoch},
-        remedy="stop at the best epoch (EarlyStopping with restore_best_weights), add weight decay "
-               "(AdamW) or Dropout, get more data, or use a smaller model.")]

@@ -29,8 +29,10 @@ DOUBLE_SOFTMAX = "DOUBLE_SOFTMAX"
 OUTPUT_LOSS_MISMATCH = "OUTPUT_LOSS_MISMATCH"
 WRONG_GRADIENT = "WRONG_GRADIENT"        # check_gradients: a layer's backward disagrees with finite differences
 MEMORY_BUDGET = "MEMORY_BUDGET"          # check_memory: one batch needs more memory than the budget
+EPS_UNDERFLOW = "EPS_UNDERFLOW"          # the optimizer's eps is 0 in the model's dtype (Adam's 1e-8 in float16)
 # Checks of the data:
 UNNORMALIZED_INPUTS = "UNNORMALIZED_INPUTS"
+UNNORMALIZED_TARGETS = "UNNORMALIZED_TARGETS"     # regression targets far from unit scale
 NONFINITE_DATA = "NONFINITE_DATA"
 OUTLIERS = "OUTLIERS"
 LABEL_FORMAT = "LABEL_FORMAT"
@@ -52,6 +54,8 @@ class Finding:
     where : the layer, feature or series it concerns (``"layer 2 (relu)"``), or
         None for the whole run.  ``(code, where)`` identifies a finding, so the
         same problem seen again is not reported twice.
+    caused_by : the code of the finding this one follows from (a symptom of
+        that root cause, listed after it), or None for a root cause.
     """
     code: str
     severity: str
@@ -59,6 +63,7 @@ class Finding:
     evidence: dict = field(default_factory=dict)
     remedy: str = ""
     where: str | None = None
+    caused_by: str | None = None
 
     @property
     def key(self) -> tuple:
@@ -69,8 +74,11 @@ class Finding:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Finding":
-        return cls(**{k: d[k] for k in ("code", "severity", "message", "evidence", "remedy", "where") if k in d})
+        return cls(**{k: d[k] for k in ("code", "severity", "message", "evidence", "remedy", "where",
+                                         "caused_by") if k in d})
 
     def __str__(self):
         text = f"[{self.severity}] {self.code}: {self.message}"
+        if self.caused_by:
+            text = f"  [{self.severity}] {self.code} (follows from {self.caused_by}): {self.message}"
         return text + (f"\n    remedy: {self.remedy}" if self.remedy else "")

@@ -38,13 +38,15 @@ def _float64_copy(model):
 
 
 def check_gradients(model, X, y=None, loss=None, tol: float = 1e-4, seed: int = 0,
-                    max_elements: int = 200) -> list[Finding]:
+                    max_elements: int = 200, only=None) -> list[Finding]:
     """Gradient-check each leaf layer of ``model`` on the activations that ``X`` produces.
 
     The model is copied to float64 (its own weights are not touched); a few
     samples of ``X`` are enough.  Each layer is checked in training mode on
     its actual input, along a random output direction, for its input and
     every parameter.  Returns one WRONG_GRADIENT finding per failing layer.
+    ``only(layer) -> bool`` restricts the check to some layers (the others
+    still run forward to produce the inputs).
     (``y`` and ``loss`` are accepted for symmetry with ``check_data``; a
     loss is checked on its own with :func:`bpnet.gradcheck`.)
     """
@@ -56,6 +58,8 @@ def check_gradients(model, X, y=None, loss=None, tol: float = 1e-4, seed: int = 
     for path, layer in leaf_layers(clone):
         x_in = h
         h = np.asarray(layer.forward(x_in.copy(), training=False), dtype=np.float64)
+        if only is not None and not only(layer):
+            continue
         report = gradcheck(layer, x_in, tol=tol, seed=seed, max_elements=max_elements, raise_on_fail=False,
                            training=False)
         if report.passed:
@@ -76,3 +80,27 @@ def check_gradients(model, X, y=None, loss=None, tol: float = 1e-4, seed: int = 
             where=f"layer {path}"))
     return out
 
+
+
+def is_user_layer(layer) -> bool:
+    """A layer class not defined in bpnet.layers (whose layers are gradient-checked in bpnet's tests)."""
+    return not type(layer).__module__.startswith("bpnet.layers")
+
+
+def check_user_layers(model, X, samples: int = 4) -> list[Finding]:
+    """WRONG_GRADIENT for the model's user-written layers, checked in float64 on ``samples`` real rows."""
+    if not any(is_user_layer(layer) for _, layer in leaf_layers(model)):
+        return []
+    X = np.asarray(X)
+    rows = X[:samples]
+    if X.dtype.kind not in "biuf" or not len(rows) or not np.isfinite(rows.astype(np.float64)).all():
+        return []
+    try:
+        return check_gradients(model, rows, max_elements=48, only=is_user_layer)
+    except Exception as e:        # noqa: BLE001  a layer the float64 copy cannot rebuild: say so, do not crash
+        return [Finding(
+            F.WRONG_GRADIENT, "info",
+            f"the user-written layers could not be gradient-checked ({type(e).__name__}: {e}).",
+            evidence={"error": str(e)},
+            remedy="run bpnet.gradcheck(layer, x) on each of your layers in float64.",
+            where="user layers")]

@@ -4,6 +4,10 @@
   softmax itself (CrossEntropy, FocalLoss take logits).
 * OUTPUT_LOSS_MISMATCH -- a ReLU, Sigmoid or Tanh output in front of a loss
   that expects unbounded logits.
+* OUTPUT_LOSS_MISMATCH -- a Softmax over one unit (always 1), or a Softmax
+  output trained with a regression loss (MSE on one-hot targets).
+* EPS_UNDERFLOW -- an optimizer whose ``eps`` is 0 in the model's dtype
+  (Adam's 1e-8 in float16) without a loss scaler's float32 state.
 * SYMMETRIC_WEIGHTS -- a hidden Dense layer whose units are identical (all
   columns of W equal and all biases equal, e.g. zero or constant init): every
   unit then receives the same gradient and they stay clones forever.
@@ -27,17 +31,68 @@ def check_model(model, loss=None, thresholds: Thresholds | None = None) -> list[
     """Static checks of ``model`` against ``loss`` (default ``model.loss``)."""
     loss = get_loss(loss) if loss is not None else getattr(model, "loss", None)
     out: list[Finding] = []
-    if loss is not None and model.layers:
+    if model.layers and _single_unit_softmax(out, model):
+        pass
+    elif loss is not None and model.layers:
         _output_layer(out, model, loss)
     if getattr(model, "built", False):
         _symmetry(out, model)
+    _eps_underflow(out, model)
     return out
+
+
+def _single_unit_softmax(out, model) -> bool:
+    """OUTPUT_LOSS_MISMATCH: softmax over one unit is exp(z)/exp(z) = 1 whatever z (gradient 0)."""
+    last = model.layers[-1]
+    shape = getattr(last, "output_shape", None) if getattr(model, "built", False) else None
+    if type(last).__name__ != "Softmax" or shape is None or int(np.prod(shape)) != 1:
+        return False
+    out.append(Finding(
+        F.OUTPUT_LOSS_MISMATCH, "error",
+        "the model ends with a softmax over a single output unit: softmax(z) = e^z / e^z = 1 for every "
+        "input, so the prediction never changes and the gradient through it is exactly 0; nothing before it "
+        "can learn.",
+        evidence={"output_layer": "Softmax", "units": 1},
+        remedy="for two classes use Dense(1) with loss='bce_with_logits' (a sigmoid inside the loss), or "
+               "Dense(2) with loss='cross_entropy'; drop the Softmax layer either way.",
+        where=f"layer {len(model.layers) - 1}"))
+    return True
+
+
+def _eps_underflow(out, model):
+    """EPS_UNDERFLOW: the optimizer keeps its state in the model's dtype, where its eps is 0."""
+    opt = getattr(model, "optimizer", None)
+    eps = getattr(opt, "eps", None)
+    dtype = np.dtype(getattr(model, "dtype", np.float32))
+    if eps is None or dtype.kind != "f" or getattr(model, "loss_scaler", None) is not None \
+            or dtype.type(eps) != 0 or eps == 0:
+        return
+    out.append(Finding(
+        F.EPS_UNDERFLOW, "error",
+        f"{type(opt).__name__}(eps={eps:g}) on a {dtype.name} model: eps rounds to 0 in {dtype.name} (its "
+        f"smallest positive value is {float(np.finfo(dtype).smallest_subnormal):.3g}), and the squared-gradient "
+        "average underflows with it, so the first update divides by 0 and the weights become NaN/Inf.",
+        evidence={"optimizer": type(opt).__name__, "eps": float(eps), "dtype": dtype.name},
+        remedy="compile with loss_scaler=bpnet.LossScaler() (float32 master weights and optimizer state), "
+               f"train in float32, or use eps of at least {float(np.finfo(dtype).eps):.3g}.",
+        where="optimizer"))
 
 
 def _output_layer(out, model, loss):
     last = model.layers[-1]
     cls, lname = type(last).__name__, type(loss).__name__
     where = f"layer {len(model.layers) - 1}"
+    if cls == "Softmax" and loss.kind == "regression":
+        out.append(Finding(
+            F.OUTPUT_LOSS_MISMATCH, "warning",
+            f"the model ends with Softmax (class probabilities) but is trained with {lname}, a regression "
+            "loss: the squared error of a probability has a gradient that vanishes exactly when the network "
+            "is confidently wrong (p -> 0 for the true class), so a classifier learns slowly or not at all.",
+            evidence={"output_layer": cls, "loss": lname},
+            remedy="drop the Softmax layer and compile with loss='cross_entropy' (integer labels or one-hot "
+                   "rows; the loss applies the softmax itself).",
+            where=where))
+        return
     if not getattr(loss, "expects_logits", False):
         return
     if cls == "Softmax" and loss.kind == "classification" and lname != "BCEWithLogits":

@@ -52,13 +52,18 @@ class Thresholds:
                       the training loss falls ... (3)
       overfit_rise    ... and ending this fraction above its best: overfitting (0.05).
     Data:
-      mean_max        a feature mean with |mean| above this: unnormalised (1e2).
-      std_min, std_max  a (non-constant) feature std outside [std_min, std_max] (1e-2, 1e2).
+      mean_max        a feature mean with |mean| above this: unnormalised (20); the same
+                      limits apply to regression targets (UNNORMALIZED_TARGETS).
+      std_min, std_max  a (non-constant) feature std outside [std_min, std_max] (1e-2, 20);
+                      a small std counts only when the IQR is not 0 (rarely-on pixels).
       outlier_z       robust z-score |x - median| / (1.4826 MAD) above this ... (10)
       outlier_range   ... and |x - median| above this many times the feature's
                       1st-99th percentile range: an outlier (2).
       outlier_min_unique  features with fewer distinct values (counts,
                       pixel intensities, categories) are not searched for outliers (20).
+      outlier_gap     ... and only values set apart from the rest of their feature by this
+                      factor (sorted distances from the median jump by it): a heavy tail is a
+                      continuum, a unit error is not (4).
       imbalance_ratio majority/minority class count above this (10).
     """
     recent: int = 3
@@ -85,10 +90,11 @@ class Thresholds:
     ascent_cos: float = 0.0
     overfit_epochs: int = 3
     overfit_rise: float = 0.05
-    mean_max: float = 1e2
+    mean_max: float = 20.0
     std_min: float = 1e-2
-    std_max: float = 1e2
+    std_max: float = 20.0
     outlier_z: float = 10.0
     outlier_range: float = 2.0
     outlier_min_unique: int = 20
+    outlier_gap: float = 4.0
     imbalance_ratio: float = 10.0
