@@ -168,10 +168,16 @@ def model_state(model) -> tuple[dict, dict]:
 
 
 def save_model(model, path, extra: tuple[dict, dict] | None = None):
-    """Write the model to ``path`` atomically; ``extra`` = (config entries, arrays) saved with it
-    (the training loop's position and callback state, see :mod:`bpnet.callbacks.backup`)."""
+    """Write the model to ``path`` atomically; ``extra`` = (config entries, arrays) saved with it.
+
+    During ``fit`` the training loop's position, history and callback states are
+    saved too (:func:`bpnet.callbacks.backup.training_state`)."""
     model._require_built()
     config, arrays = model_state(model)
+    loop = getattr(model, "training_loop", None)
+    if extra is None and loop is not None:          # saved during fit (by a callback): the run's state too
+        from .callbacks.backup import training_state
+        extra = training_state(loop)
     if extra is not None:
         config.update(extra[0])
         arrays.update(extra[1])

@@ -205,16 +205,19 @@ class TrainingLoop:
     def _session(self):
         """What training sets up, undone afterwards (also on error): the first layer skips
         dL/dX (nobody reads it), the loss trusts targets validated once up front (unless
-        ``trust_targets`` is False), and every plugin's cleanup runs."""
+        ``trust_targets`` is False), ``model.training_loop`` is this loop, and every plugin's
+        cleanup runs."""
         model = self.model
         first = model.layers[0]
         first_needs_dx = getattr(first, "needs_input_grad", None)
         if first_needs_dx is not None:
             first.needs_input_grad = False
         trusted, model.loss.trusted = model.loss.trusted, self.trust_targets
+        model.training_loop = self          # model.save during the run also saves the run's state
         try:
             yield
         finally:
+            model.training_loop = None
             model.loss.trusted = trusted
             if first_needs_dx is not None:
                 first.needs_input_grad = first_needs_dx

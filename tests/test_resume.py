@@ -117,6 +117,8 @@ def test_model_checkpoint_files_carry_the_run_state(tmp_path):
     assert config["training"]["epoch"] == 2 and config["training"]["step"] == 12
     assert config["callbacks"]["1:ReduceLROnPlateau"]["best"] == plateau.best      # saved after it reacted
     assert config["training"]["history"]["history"]["loss"] == model.history["loss"]
+    model.save(tmp_path / "after.npz")                       # after fit there is no run to describe
+    assert "training" not in read_checkpoint(tmp_path / "after.npz")[0]
 
 
 def test_backup_refuses_another_runs_callbacks_and_foreign_files(tmp_path):

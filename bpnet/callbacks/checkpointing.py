@@ -45,12 +45,7 @@ class ModelCheckpoint(_Monitored):
                 return
             self.best = current
         path = self._format(epoch, logs)
-        extra = None
-        if self.loop is not None:
-            from .backup import training_state
-            extra = training_state(self.loop)
-        from ..io import save_model
-        save_model(self.model, path, extra=extra)
+        self.model.save(path)            # during fit this includes the run's state (epoch, callbacks)
         self.saved.append((epoch, path))
 
     def _format(self, epoch, logs) -> str:

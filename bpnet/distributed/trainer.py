@@ -301,7 +301,7 @@ def load_model(path, comm=None, backend=None):
     checkpoint holds the full replicated state, so it may come from a run with
     any number of ranks.
     """
-    from ..io import model_from_checkpoint, parse_checkpoint
+    from ..io import model_from_bytes
     comm = get_comm(comm)
     payload = None
     if comm.Get_rank() == 0:
@@ -313,4 +313,4 @@ def load_model(path, comm=None, backend=None):
     status, data = comm.bcast(payload, root=0)     # every rank learns the outcome: no rank waits alone
     if status != "ok":
         raise CheckpointError(data)
-    return model_from_checkpoint(*parse_checkpoint(data, path), backend=backend)
+    return model_from_bytes(data, path, backend=backend)     # a damaged file: CheckpointError on every rank
