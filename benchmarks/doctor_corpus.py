@@ -527,7 +527,7 @@ def _():
 @broken("sgd_lr_one_relu", "LR_TOO_HIGH", "DYING_RELU",
         note="the issue's LR_TOO_LOW beside DYING_RELU contradiction")
 def _():
-    return spec(mlp((32, 32), 3), *wine(), optimizer=SGD(lr=1.0), epochs=20, batch_size=16)
+    return spec(mlp((32, 32), 3), *spirals(), optimizer=SGD(lr=3.0), epochs=20, batch_size=16)
 
 
 @broken("lr_too_low_sgd", "LR_TOO_LOW")
@@ -754,8 +754,9 @@ def _():
 @broken("rnn_exploding", "EXPLODING_THROUGH_TIME", "EXPLODING_GRADIENTS", "NONFINITE_LOSS")
 def _():
     (X, y), (Xv, yv) = sequences(T=20)
-    rnn = RNN(16, recurrent_init=lambda s, r, d: (np.eye(s[0]) * 1.6).astype(d))
-    return spec(Sequential([rnn, Dense(2)], seed=0), (X * 2, y), (Xv * 2, yv), optimizer=SGD(lr=0.05), epochs=8)
+    rnn = RNN(16, recurrent_init=lambda s, r, d: (np.linalg.qr(r.standard_normal(s))[0] * 1.8).astype(d))
+    return spec(Sequential([rnn, Dense(2)], seed=0), (X * 0.05, y), (Xv * 0.05, yv), optimizer=SGD(lr=0.1),
+                epochs=8)
 
 
 @broken("rnn_vanishing", "VANISHING_THROUGH_TIME")

@@ -249,10 +249,13 @@ def _gradients(run):
                    "or add BatchNorm1d / residual connections."))
     # exactly-zero gradients come from dead units (DYING_RELU), not from shrinking products
     # a run that has learnt (almost) nothing is judged 10x less strictly, and without the absolute norm
-    stalled = Outcome(run).learnt < 0.25 and len(run.finite_steps) >= 2 * t.recent
+    stalled = Outcome(run).stalled() and len(run.finite_steps) >= 2 * t.recent
+    early = [r.get(f"grad_norm/{first}", 0.0) / r[f"grad_norm/{last}"] for r in run.finite_steps[:t.recent]
+             if r.get(f"grad_norm/{last}", 0.0) > 0] if len(paths) >= 3 else []
+    judged = min([ratio] + early) if ratio is not None else None     # stalled: the start counts too
     vanishing = ratio is not None and (
         (ratio < t.vanish_ratio and g_first is not None and g_first < t.vanish_norm) or
-        (stalled and ratio < 10 * t.vanish_ratio))
+        (stalled and judged < 20 * t.vanish_ratio))
     if vanishing and run.zero_frac(first) < 0.99:
         out.append(Finding(
             F.VANISHING_GRADIENTS, "error",

@@ -42,6 +42,10 @@ class Outcome:
         self.final = float(np.median(s[-3:])) if s else math.nan
         self.best = float(min(s)) if s else math.nan
         self.series = s
+        self.history = run.h.history
+        shape = getattr(run.model, "output_shape", None) if getattr(run.model, "built", False) else None
+        width = int(np.prod(shape)) if shape else 0
+        self.classes = 2 if width == 1 else width
 
     @property
     def learnt(self) -> float:
@@ -52,6 +56,15 @@ class Outcome:
 
     def learnt_well(self) -> bool:
         return self.learnt > 0.5
+
+    def stalled(self) -> bool:
+        """Learnt (almost) nothing: a quarter of the loss or less, or a training accuracy at chance."""
+        if self.learnt < 0.25:
+            return True
+        acc = [a for a in self.history.get("accuracy", []) if _finite(a)]
+        if not acc or self.classes < 2:
+            return False
+        return float(np.mean(acc[-3:])) < 1.0 / self.classes + 0.1
 
 
 def _noise(values) -> float:
