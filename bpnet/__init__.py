@@ -23,7 +23,7 @@ from .losses import MAE, MSE, BCEWithLogits, CrossEntropy, FocalLoss, Loss
 from .mixed_precision import LossScaler
 from .model import Sequential
 from . import doctor
-from .doctor import Monitor, detect_anomaly
+from .doctor import Monitor, detect_anomaly, repair
 from .doctor import report as _report  # noqa: F401  (registers History.report's writer)
 from .optim import SGD, Adam, AdamW, Optimizer, RMSProp
 from . import plot as _plot, profiler as _profiler  # noqa: F401  (register History.plot, model.profile)
@@ -40,7 +40,7 @@ __all__ = [
     "get_backend", "available_backends", "DistributedTrainer",
     "BpnetError", "ShapeError", "LabelError", "DataError", "ConfigError", "NotBuiltError", "BackendError",
     "GradcheckError", "NonFiniteError", "CheckpointError", "__version__",
-    "doctor", "Monitor", "detect_anomaly", "show_versions",
+    "doctor", "Monitor", "detect_anomaly", "repair", "show_versions",
     "EarlyStopping", "ReduceLROnPlateau", "TerminateOnNaN", "ModelCheckpoint", "NaNGuard", "Reinitialize",
     "BackupAndRestore",
     "GradientClipping", "LearningRateScheduler", "StepLR", "ExponentialLR", "CosineAnnealing", "LinearWarmup",

@@ -158,6 +158,8 @@ def _train(args) -> int:
     print(f"dataset {args.dataset}: {len(X_train)} train / {len(X_test)} test samples, "
           f"{X.shape[1]} features, {n_classes} classes")
     print(f"test loss {result['loss']:.4f}  test accuracy {result['accuracy']:.4f}")
+    if getattr(history, "repair", None) is not None:
+        print(history.repair)
     _report_nonfinite(history, args)
     if args.checkpoint:
         print(f"best checkpoint (lowest val_loss) written to {args.checkpoint}")
@@ -205,6 +207,8 @@ def _doctor_kwargs(args, model) -> dict:
                 raise ConfigError(f"--{flag.replace('_', '-')} needs the bpnet doctor, which this "
                                   "installation does not have")
             kwargs[flag] = True
+    if getattr(args, "repair", False):
+        kwargs["doctor"] = "repair"              # fit(doctor="repair"): the report is printed after the run
     return kwargs
 
 
@@ -248,6 +252,9 @@ def _add_train_arguments(p):
                    help="array backend; None: $BPNET_BACKEND, else numba when installed")
     p.add_argument("--doctor", action="store_true", help="monitor the run and print the diagnosis")
     p.add_argument("--detect-anomaly", action="store_true", help="stop at the first NaN/Inf, naming the layer")
+    p.add_argument("--repair", action="store_true",
+                   help="let bpnet.doctor.repair diagnose the run, apply the remedy and retrain until the doctor "
+                        "is quiet; prints what it changed")
     p.add_argument("--checkpoint", metavar="PATH", type=types.output_path,
                    help="save the best model (lowest val_loss) here")
     p.add_argument("--history-out", metavar="PATH", type=types.output_path,

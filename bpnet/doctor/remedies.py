@@ -26,7 +26,7 @@ from .recipe import DataStep
 PRIORITY = {
     F.MEMORY_BUDGET: 0.0, F.NONFINITE_DATA: 0.1, F.LABEL_FORMAT: 0.2, F.UNNORMALIZED_INPUTS: 0.3, F.OUTLIERS: 0.4,
     F.CLASS_IMBALANCE: 0.5,
-    F.DOUBLE_SOFTMAX: 1.0, F.OUTPUT_LOSS_MISMATCH: 1.1, F.NONFINITE_LOSS: 1.2,
+    "EPS_UNDERFLOW": 0.05, F.DOUBLE_SOFTMAX: 1.0, F.OUTPUT_LOSS_MISMATCH: 1.1, F.NONFINITE_LOSS: 1.2,
     F.SYMMETRIC_WEIGHTS: 2.0, F.EXPLODING_GRADIENTS: 2.1, F.EXPLODING_THROUGH_TIME: 2.2, F.VANISHING_GRADIENTS: 2.3,
     F.VANISHING_THROUGH_TIME: 2.4, F.DYING_RELU: 2.5, F.SATURATED_ACTIVATIONS: 2.6,
     F.LR_TOO_HIGH: 3.0, F.STEP_SIZE: 3.1, F.LR_TOO_LOW: 3.2, F.PLATEAU: 3.3, F.OVERFITTING: 3.4,
@@ -382,6 +382,7 @@ def _table() -> dict:
                             Remedy("focal loss", _class_weights(True))],
         F.DOUBLE_SOFTMAX: [Remedy("remove the double softmax", _remove_last(("Softmax",)))],
         F.OUTPUT_LOSS_MISMATCH: [Remedy("linear output layer", _remove_last(("ReLU", "Sigmoid", "Tanh", "Softmax")))],
+        "EPS_UNDERFLOW": [Remedy("loss scaling / float32 for float16", _float16_fix)],
         F.NONFINITE_LOSS: [Remedy("numerically stable loss", _stable_loss),
                            Remedy("loss scaling / float32 for float16", _float16_fix),
                            standardize, lr_down, clip],

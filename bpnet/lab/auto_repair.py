@@ -69,15 +69,16 @@ def budget(broken: Run, n: int, steps: int) -> tuple[int, int]:
     return max(1, -(-steps // per_epoch)), batch
 
 
-def auto_repair(scenario, broken: Run, seed: int = 0, max_attempts: int = 4) -> AutoRepair:
-    """Repair ``scenario``'s broken run automatically and judge the result by its bars."""
+def auto_repair(scenario, broken: Run, seed: int = 0, max_attempts: int = 4, chooser: str = "doctor") -> AutoRepair:
+    """Repair ``scenario``'s broken run automatically and judge the result by its bars
+    (``chooser="random"``: the random-remedy baseline)."""
     data = scenario.make_data(seed)
     X, y, Xv, yv = data["X"], data["y"], data["X_val"], data["y_val"]
     epochs, batch = budget(broken, len(X), scenario.steps)
     base = Baseline(findings=broken.findings, history=broken.history)
     with np.errstate(all="ignore"):
         report = repair(broken.model, X, y, epochs, batch_size=batch, validation_data=(Xv, yv),
-                        max_attempts=max_attempts, seed=seed, verbose=0, baseline=base)
+                        max_attempts=max_attempts, seed=seed, verbose=0, baseline=base, chooser=chooser)
     bug_expected = any(is_user_code_bug(f) for f in broken.findings if f.code == scenario.expected_code) or \
         scenario.expected_code in ("WRONG_GRADIENT", "GRADIENT_ASCENT")
     keys = {b.key for b in scenario.remedy_bars}
