@@ -10,9 +10,9 @@ fixed before tuning):
 * root cause first -- broken runs whose first warning/error is an expected code;
 * per-code precision (over findings reported as a root cause) and recall.
 
-Overhead: a digits MLP (64-128-64-10, Adam, batch 32, all 1797 samples) trained
-with ``doctor=True`` and without, round-robin, median CPU time of the process
-per fit; and the corpus's own time with and without the doctor (tiny runs,
+Overhead: bench_monitor's MLP (784-512-256-10, Adam, batch 128, 4096 samples,
+one epoch) plain, with a Monitor and with ``doctor=True``, round-robin, median
+CPU time of the process per fit; and the corpus's own time with and without the doctor (tiny runs,
 where the doctor's fixed cost -- data checks, gradient checks of user code --
 weighs most).
 
@@ -59,34 +59,38 @@ def case_line(o) -> str:
 
 
 def overhead(repeats: int) -> dict:
+    """CPU time of one epoch of bench_monitor's MLP (784-512-256-10, Adam, batch 128, 4096 random
+    samples): plain, with a Monitor(every=10), and with doctor=True (monitor, data and model checks,
+    a diagnosis per epoch); round-robin, median of ``repeats``."""
     import numpy as np
 
-    import bpnet
-    from bpnet import Adam, Dense, ReLU, Sequential
+    from bpnet import Adam, Dense, Monitor, ReLU, Sequential
+    from bpnet.doctor import Doctor
 
-    X, y = bpnet.datasets.load_digits()
-    X = (X / 16.0).astype(np.float32)
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((4096, 784)).astype(np.float32)
+    y = rng.integers(0, 10, 4096)
 
     def model():
-        m = Sequential([Dense(128, init="he_normal"), ReLU(), Dense(64, init="he_normal"), ReLU(), Dense(10)],
+        m = Sequential([Dense(512, init="he_normal"), ReLU(), Dense(256, init="he_normal"), ReLU(), Dense(10)],
                        seed=0, backend="numpy")
         m.compile(loss="cross_entropy", optimizer=Adam(lr=1e-3))
         return m
 
-    def quiet():
-        return bpnet.doctor.Doctor(print_fn=None)
-
-    cpu = {"plain": [], "doctor": []}
-    for name in cpu:                      # warm-up
-        model().fit(X[:256], y[:256], epochs=1, verbose=0, doctor=quiet() if name == "doctor" else False)
+    configs = {"plain": lambda: {}, "monitor": lambda: {"callbacks": [Monitor(every=10)]},
+               "doctor": lambda: {"doctor": Doctor(print_fn=None)}}
+    cpu = {k: [] for k in configs}
+    for name, kw in configs.items():                      # warm-up
+        model().fit(X[:512], y[:512], epochs=1, batch_size=128, verbose=0, **kw())
     for _ in range(repeats):
-        for name in cpu:
+        for name, kw in configs.items():
             m = model()
             c0 = time.process_time()
-            m.fit(X, y, epochs=3, batch_size=32, verbose=0, doctor=quiet() if name == "doctor" else False)
+            m.fit(X, y, epochs=1, batch_size=128, verbose=0, **kw())
             cpu[name].append(time.process_time() - c0)
     med = {k: statistics.median(v) for k, v in cpu.items()}
-    return {"plain_s": med["plain"], "doctor_s": med["doctor"], "overhead": med["doctor"] / med["plain"] - 1}
+    return {"plain_s": med["plain"], "monitor_s": med["monitor"], "doctor_s": med["doctor"],
+            "monitor": med["monitor"] / med["plain"] - 1, "overhead": med["doctor"] / med["plain"] - 1}
 
 
 def corpus_overhead(part) -> dict:
@@ -125,8 +129,9 @@ def main(argv=None):
         print(table("Held-out part (every third case)", corpus.score(held)))
     if not args.no_overhead:
         o = overhead(args.repeats)
-        print(f"\noverhead, digits MLP 3 epochs: plain {o['plain_s']:.3f} s, doctor {o['doctor_s']:.3f} s "
-              f"CPU per fit: {o['overhead']:+.1%}")
+        print(f"\noverhead, MLP 784-512-256-10, one epoch of 4096 samples (CPU): plain {o['plain_s']:.3f} s, "
+              f"Monitor(every=10) {o['monitor_s']:.3f} s ({o['monitor']:+.1%}), doctor=True {o['doctor_s']:.3f} s "
+              f"({o['overhead']:+.1%})")
         c = corpus_overhead(args.part)
         print(f"overhead, the corpus's tiny runs: plain {c['plain_s']:.1f} s, doctor {c['doctor_s']:.1f} s "
               f"CPU: {c['overhead']:+.1%}")

@@ -44,8 +44,9 @@ def check_data(X, y=None, loss=None, model=None, thresholds: Thresholds | None =
     if len(Xc):
         rng = np.random.default_rng(0)
         sample = Xc if len(Xc) <= _SAMPLE else Xc[rng.choice(len(Xc), _SAMPLE, replace=False)]
-        _scale(out, sample, t)
-        _outliers(out, Xc, sample, t)
+        q = np.percentile(sample, [1, 25, 75, 99], axis=0)     # one sort for both checks
+        _scale(out, sample, t, q)
+        _outliers(out, Xc, sample, t, q)
     if y is not None:
         y = np.asarray(y)
         if y.dtype.kind in "biuf" and len(y) == len(X):
@@ -81,13 +82,13 @@ def _nonfinite(out, A, name) -> np.ndarray:
     return rows_ok
 
 
-def _scale(out, S, t):
+def _scale(out, S, t, q):
     mean, std = S.mean(axis=0), S.std(axis=0)
     varying = std > 0
     abs_mean = np.abs(mean)
     # a feature that is almost always one value (a rarely inked pixel) has a tiny std but is no
     # scale problem: a small spread counts only when the bulk of the values (the IQR) is small too
-    q1, q3 = np.percentile(S, [25, 75], axis=0)
+    q1, q3 = q[1], q[2]
     bulk = (q3 - q1) / 1.349
     bad_mean = np.flatnonzero(abs_mean > t.mean_max)
     bad_std = np.flatnonzero(varying & (((std < t.std_min) & (bulk > 0)) | (std > t.std_max)))
@@ -111,12 +112,12 @@ def _scale(out, S, t):
         where="X"))
 
 
-def _outliers(out, Xc, S, t):
+def _outliers(out, Xc, S, t, q):
     n_unique = np.array([len(np.unique(S[:, j])) for j in range(S.shape[1])]) if S.shape[1] <= 4096 else \
         np.full(S.shape[1], t.outlier_min_unique)
     med = np.median(S, axis=0)
     mad = 1.4826 * np.median(np.abs(S - med), axis=0)
-    q_lo, q_hi = np.percentile(S, [1, 99], axis=0)
+    q_lo, q_hi = q[0], q[3]
     spread = q_hi - q_lo
     cols = np.flatnonzero((n_unique >= t.outlier_min_unique) & (mad > 0) & (spread > 0))
     if not len(cols):
