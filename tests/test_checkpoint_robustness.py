@@ -131,7 +131,12 @@ def edit(path: str, value):
     return change
 
 
-DELETE = object()
+class _Delete:
+    def __repr__(self):                 # a stable test id (xdist workers must collect the same names)
+        return "DELETE"
+
+
+DELETE = _Delete()
 CRAFTED = [
     ("optimizer.class", "Adamax", "unknown optimizer class 'Adamax' (did you mean 'Adam'?)"),
     ("loss.class", "CrossEntropi", "unknown loss class 'CrossEntropi' (did you mean 'CrossEntropy'?)"),

@@ -84,6 +84,7 @@ class LearningRateScheduler(ScheduleCallback):
             self.lrs.append(float(opt.lr))
             return
         lr = self.schedule(t, opt.lr) if self._two_args else self.schedule(t)
-        lr = checked_lr(lr, f"LearningRateScheduler's schedule {getattr(self.schedule, '__name__', self.schedule)!r}", t)
+        name = getattr(self.schedule, "__name__", self.schedule)
+        lr = checked_lr(lr, f"LearningRateScheduler's schedule {name!r}", t)
         _set_lr(self.model, lr)
         self.lrs.append(lr)

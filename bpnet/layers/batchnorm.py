@@ -34,9 +34,9 @@ class BatchNorm1d(Layer):
 
     def __init__(self, momentum: float = 0.1, eps: float = 1e-5, name: str | None = None):
         super().__init__(name)
-        if not 0.0 <= real(momentum, "BatchNorm1d(momentum=...)") <= 1.0 or not positive(eps, "BatchNorm1d(eps=...)"):
-            raise ConfigError(f"BatchNorm1d(momentum={momentum}, eps={eps}): need 0 <= momentum <= 1 and eps > 0")
-        self.momentum, self.eps = float(momentum), float(eps)
+        if not 0.0 <= real(momentum, "BatchNorm1d(momentum=...)") <= 1.0:
+            raise ConfigError(f"BatchNorm1d(momentum={momentum}): need 0 <= momentum <= 1")
+        self.momentum, self.eps = float(momentum), positive(eps, "BatchNorm1d(eps=...)")
         self.cache = None
 
     def _create(self, input_shape, ctx):
