@@ -60,7 +60,10 @@ class Doctor(Callback):
         loss, t = self.model.loss, self.thresholds
         found = check_data(X, y, loss=loss, model=self.model, thresholds=t)
         if validation_data is not None and len(validation_data) == 2:
-            found += check_validation(X, y, *validation_data, loss=loss, model=self.model, thresholds=t)
+            train = {(f.code, f.where) for f in found}
+            found += [f for f in check_validation(X, y, *validation_data, loss=loss, model=self.model, thresholds=t)
+                      if (f.code, f.where.replace("validation ", "", 1) if f.where else None) not in train]
+            # (a problem the training data has too is said once, about the training data)
         self._add_before(found)
         self._X = X
         return found

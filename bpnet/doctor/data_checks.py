@@ -19,7 +19,8 @@ from .findings import Finding
 from .thresholds import Thresholds
 
 _MAX_ROWS = 20
-_SAMPLE = 20000        # robust statistics are taken on at most this many rows
+_SAMPLE = 20000        # means and stds are taken on at most this many rows
+_ROBUST = 2000         # medians, MADs, percentiles and distinct counts on at most this many
 
 
 def check_data(X, y=None, loss=None, model=None, thresholds: Thresholds | None = None) -> list[Finding]:
@@ -44,9 +45,10 @@ def check_data(X, y=None, loss=None, model=None, thresholds: Thresholds | None =
     if len(Xc):
         rng = np.random.default_rng(0)
         sample = Xc if len(Xc) <= _SAMPLE else Xc[rng.choice(len(Xc), _SAMPLE, replace=False)]
-        q = np.percentile(sample, [1, 25, 75, 99], axis=0)     # one sort for both checks
-        _scale(out, sample, t, q)
-        _outliers(out, Xc, sample, t, q)
+        small = sample if len(sample) <= _ROBUST else sample[rng.choice(len(sample), _ROBUST, replace=False)]
+        stats = _column_stats(small)
+        _scale(out, sample, t, stats)
+        _outliers(out, Xc, small, t, stats)
     if y is not None:
         y = np.asarray(y)
         if y.dtype.kind in "biuf" and len(y) == len(X):
@@ -58,6 +60,23 @@ def check_data(X, y=None, loss=None, model=None, thresholds: Thresholds | None =
 
 
 # -- the checks --------------------------------------------------------------------------
+def _column_stats(S) -> dict:
+    """Per feature, from one sort of the sample: distinct values, median, MAD and the 1st, 25th,
+    75th and 99th percentiles (NumPy's default linear interpolation)."""
+    n = len(S)
+    Ss = np.sort(S, axis=0)
+    med = 0.5 * (Ss[(n - 1) // 2] + Ss[n // 2])
+
+    def pct(p):
+        pos = p / 100.0 * (n - 1)
+        lo = int(np.floor(pos))
+        hi = min(lo + 1, n - 1)
+        return Ss[lo] + (pos - lo) * (Ss[hi] - Ss[lo])
+
+    return {"n_unique": 1 + np.count_nonzero(np.diff(Ss, axis=0), axis=0), "median": med,
+            "mad": 1.4826 * np.median(np.abs(S - med), axis=0),
+            "q": (pct(1), pct(25), pct(75), pct(99))}
+
 def _nonfinite(out, A, name) -> np.ndarray:
     """Append NONFINITE_DATA if ``A`` (2-D) has NaN/Inf; return the mask of finite rows."""
     if A.dtype.kind != "f":
@@ -82,13 +101,13 @@ def _nonfinite(out, A, name) -> np.ndarray:
     return rows_ok
 
 
-def _scale(out, S, t, q):
+def _scale(out, S, t, stats):
     mean, std = S.mean(axis=0), S.std(axis=0)
     varying = std > 0
     abs_mean = np.abs(mean)
     # a feature that is almost always one value (a rarely inked pixel) has a tiny std but is no
     # scale problem: a small spread counts only when the bulk of the values (the IQR) is small too
-    q1, q3 = q[1], q[2]
+    q1, q3 = stats["q"][1], stats["q"][2]
     bulk = (q3 - q1) / 1.349
     bad_mean = np.flatnonzero(abs_mean > t.mean_max)
     bad_std = np.flatnonzero(varying & (((std < t.std_min) & (bulk > 0)) | (std > t.std_max)))
@@ -112,12 +131,9 @@ def _scale(out, S, t, q):
         where="X"))
 
 
-def _outliers(out, Xc, S, t, q):
-    n_unique = np.array([len(np.unique(S[:, j])) for j in range(S.shape[1])]) if S.shape[1] <= 4096 else \
-        np.full(S.shape[1], t.outlier_min_unique)
-    med = np.median(S, axis=0)
-    mad = 1.4826 * np.median(np.abs(S - med), axis=0)
-    q_lo, q_hi = q[0], q[3]
+def _outliers(out, Xc, S, t, stats):
+    n_unique, med, mad = stats["n_unique"], stats["median"], stats["mad"]
+    q_lo, q_hi = stats["q"][0], stats["q"][3]
     spread = q_hi - q_lo
     cols = np.flatnonzero((n_unique >= t.outlier_min_unique) & (mad > 0) & (spread > 0))
     if not len(cols):
