@@ -99,10 +99,6 @@ class CupyBackend(NumpyBackend):
         self._kernels = {}   # kernel name with suffix -> RawKernel
 
     # -- arrays and devices -------------------------------------------------
-    def asarray(self, x, dtype=None):
-        """Copy ``x`` (host array-like or device array) onto the GPU."""
-        return self.xp.asarray(x, dtype=dtype)
-
     def to_numpy(self, x):
         return self.xp.asnumpy(x)
 
