@@ -63,7 +63,11 @@ def test_every_kernel_code_has_a_layer_and_back():
     class MyReLU(ReLU):                 # overrides the maths: no kernel may stand in for it
         def f(self, xp, z):
             return xp.maximum(z, 0) * 2
-    assert MyReLU.code is None
+    assert MyReLU.code is None and MyReLU.kind == "myrelu"
+
+    class NamedReLU(ReLU):              # the same maths: still ReLU's kernel and kind
+        pass
+    assert NamedReLU.code == ACT_CODES["relu"] and NamedReLU.kind == "relu"
 
 
 KERNEL_BACKENDS = [b for b in ("numba", "cupy") if b in BACKENDS]

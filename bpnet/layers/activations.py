@@ -47,10 +47,10 @@ class Activation(Layer):
 
     A subclass writes ``f(self, xp, z)`` (y = f(z)) and ``dz(self, xp, y, dy)``
     (dy ⊙ f'(z), with f' written from y = f(z)).  ``kind`` names the function
-    (default: the class name in lower case); ``code`` selects a fused kernel
-    from ``kernels/activation_codes.py``.  A subclass that writes its own
-    ``f`` or ``dz`` without naming a code gets ``code = None``, so no kernel
-    computes something other than its code.
+    and ``code`` selects a fused kernel from ``kernels/activation_codes.py``.
+    A subclass that writes its own ``f`` or ``dz`` is its own kind (default:
+    the class name in lower case) and has no kernel unless it names a code, so
+    no kernel ever computes something other than the class's code.
     """
     kind = "activation"
     code = None
@@ -58,10 +58,9 @@ class Activation(Layer):
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         own = cls.__dict__
-        if "kind" not in own:
-            cls.kind = cls.__name__.lower()
-        if "code" not in own and ("f" in own or "dz" in own):
-            cls.code = None
+        if "f" in own or "dz" in own:           # maths of its own: its own name, no kernel
+            cls.kind = own.get("kind", cls.__name__.lower())
+            cls.code = own.get("code")
         ACTIVATIONS_BY_KIND.setdefault(cls.kind, cls)
 
     def __init__(self, name: str | None = None):
