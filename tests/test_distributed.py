@@ -176,7 +176,7 @@ def test_missing_mpi4py_gives_an_install_hint(monkeypatch):
     monkeypatch.setitem(sys.modules, "mpi4py", None)     # makes `import mpi4py` raise ImportError
     assert not mpi_available()
     model = make_model()
-    with pytest.raises(MissingDependencyError, match=r"pip install 'bpnet\[mpi\]'"):
+    with pytest.raises(MissingDependencyError, match=r"pip install 'bpnet-framework\[mpi\]'"):
         DistributedTrainer(model)
     with pytest.raises(MissingDependencyError, match="mpi4py"):
         model.fit(*make_data(), epochs=1, verbose=0, distributed=True)
