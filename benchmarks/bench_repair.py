@@ -76,8 +76,9 @@ def corpus_cases():
             epochs, batch = fit.pop("epochs"), fit.pop("batch_size", 32)
             with single_threaded_blas(), np.errstate(all="ignore"):
                 rep = repair(spec["model"], spec["X"], spec["y"], epochs, batch_size=batch,
-                             validation_data=fit.get("validation_data"), max_attempts=attempts, seed=seed,
-                             verbose=0, chooser=chooser)
+                             validation_data=fit.get("validation_data"),
+                             validation_split=fit.get("validation_split", 0.0), callbacks=fit.get("callbacks"),
+                             max_attempts=attempts, seed=seed, verbose=0, chooser=chooser)
             named = rep.bug is not None and rep.bug.code in case.expected
             final = rep.attempts[-1] if len(rep.attempts) > 1 else rep.attempts[0]
             kept = [a for a in rep.attempts[1:] if a.kept]

@@ -137,7 +137,8 @@ def test_data_steps_drop_rows_from_the_training_split_only_and_standardise_on_it
     Xv, yv = blobs(50, seed=1)
     Xv = Xv * 100 + 7
     r = recipe_of([Dense(3)])
-    for name in ("drop non-finite training rows", "drop outlier rows", "standardise inputs (fit on the training split)"):
+    for name in ("drop non-finite training rows", "drop outlier rows",
+                 "standardise inputs (fit on the training split)"):
         assert apply(name, r, X=X, y=y)
     Xt, yt, Xv2, yv2, scaler, report = Data(X, y, (Xv, yv)).prepared(r)
     assert report == {"rows_dropped_nonfinite": 5, "rows_dropped_outliers": 1}

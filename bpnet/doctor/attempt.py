@@ -20,6 +20,7 @@ from ..errors import BpnetError
 from ..history import History
 from .data_checks import check_data
 from .diagnose import diagnose
+from .model_checks import check_model
 from .monitor import Monitor
 
 ACTIONABLE = ("error", "warning")
@@ -55,8 +56,8 @@ class Data:
             if step.train_only:
                 X, y = step.apply_train(X, y, report)
         Xv, yv = self.X_val, self.y_val
-        if recipe.label_map == "int":
-            y, yv = _as_ids(y), _as_ids(yv)
+        if recipe.label_map is not None:
+            y, yv = (map_labels(a, recipe.label_map, recipe.label_classes) for a in (y, yv))
         scaler = None
         if recipe.scaler == "Standardizer":
             from ..data import Standardizer
@@ -80,14 +81,33 @@ def _as_ids(y):
     return np.rint(y.reshape(len(y))).astype(np.int64)
 
 
-def _class_ids(y) -> bool:
-    """Labels that name classes: integers (or integer-valued floats in one column), 0..K-1."""
+def map_labels(y, how, classes=None):
+    """Labels in the loss's format: ``int`` class ids, ``unique`` (indices into ``classes``),
+    ``binary`` (the larger of two target values becomes 1, the other 0)."""
+    if how == "int":
+        return _as_ids(y)
     y = np.asarray(y)
-    if y.size == 0 or not (y.ndim == 1 or (y.ndim == 2 and y.shape[1] == 1)) or y.dtype.kind not in "iuf":
+    if how == "unique":
+        return np.searchsorted(np.asarray(classes), y.reshape(len(y))).astype(np.int64)
+    if how == "binary":
+        return (y >= np.asarray(classes).max()).astype(np.float32)
+    return y
+
+
+def _class_ids(y) -> bool:
+    """Labels that name classes: non-negative integers (or a few whole-number floats) in one
+    column, or one-hot rows.  Such runs are judged by balanced accuracy."""
+    y = np.asarray(y)
+    if y.size == 0 or y.dtype.kind not in "iuf" or y.ndim > 2:
+        return False
+    if y.ndim == 2 and y.shape[1] > 1:
+        return bool(np.isin(y, (0, 1)).all() and np.all(y.sum(axis=1) == 1))
+    if not np.isfinite(y).all() or y.min() < 0:
         return False
     if y.dtype.kind == "f":
-        return False
-    return bool(y.min() >= 0)
+        values = np.unique(y)
+        return bool(len(values) <= 20 and np.all(values == np.rint(values)))
+    return True
 
 
 class _BestEpoch(Callback):
@@ -132,12 +152,16 @@ class Attempt:
     kept: bool = False
     data_report: dict = field(default_factory=dict)
     error: str | None = None
+    val: tuple = field(default=None, repr=False)     # the validation split as this attempt's model saw it
+    recipe: object = field(default=None, repr=False)
+    chosen: bool = False                              # the attempt whose model the report hands back
 
     @classmethod
     def from_baseline(cls, b, model, data: "Data") -> "Attempt":
         with np.errstate(all="ignore"):
             name, metric, val_loss = score_model(model, data.X_val, data.y_val, data.class_ids)
-        return cls(0, list(b.findings), name, metric, val_loss, b.seconds, history=b.history, model=None)
+        return cls(0, list(b.findings), name, metric, val_loss, b.seconds, history=b.history, model=None,
+                   val=(data.X_val, data.y_val))
 
     @property
     def problems(self) -> list:
@@ -204,7 +228,7 @@ def train_attempt(recipe, data: Data, user_callbacks=(), number: int = 0, restar
         findings = _diagnose(model, history, X, y)
         name, metric, val_loss = score_model(model, Xv, yv, data.class_ids)
     att = Attempt(number, findings, name, metric, val_loss, seconds, history=history, model=model, scaler=scaler,
-                  restart=where, data_report=report, error=error)
+                  restart=where, data_report=report, error=error, val=(Xv, yv))
     if best.weights is not None:
         att.checkpoint = (best.best_epoch, best.weights, best.buffers)
         att.mid_run = best.relapsed
@@ -213,8 +237,7 @@ def train_attempt(recipe, data: Data, user_callbacks=(), number: int = 0, restar
 
 def _diagnose(model, history, X, y) -> list:
     found = list(check_data(X, y, loss=model.loss, model=model))
-    if len(history):
-        found += diagnose(history, model=model)
+    found += diagnose(history, model=model) if len(history) else check_model(model)
     seen, out = set(), []
     for f in found:
         if f.key not in seen:
@@ -242,7 +265,7 @@ def score_model(model, Xv, yv, class_ids: bool):
     if not finite:
         return BALANCED, math.nan, loss
     out = model.predict(Xv)
-    yv = np.asarray(yv).reshape(-1)
+    yv = _as_ids(yv)
     if out.shape[1] > 1:
         pred = np.nan_to_num(out, nan=-np.inf).argmax(axis=1)
     elif model.loss.kind == "classification":

@@ -144,7 +144,8 @@ class Recipe:
     callbacks: list = field(default_factory=list)       # (code, factory) pairs added by the repair
     data_steps: list = field(default_factory=list)
     scaler: str | None = None                           # "Standardizer" when inputs are standardised
-    label_map: str | None = None                        # "int" when float/one-hot labels become class ids
+    label_map: str | None = None                        # "int", "unique" or "binary" (see attempt.map_labels)
+    label_classes: tuple | None = None                  # the training labels' values, for "unique"/"binary"
 
     @classmethod
     def from_model(cls, model, epochs: int, batch_size: int) -> "Recipe":

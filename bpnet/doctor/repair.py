@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import BpnetError, ConfigError
+from ..errors import ConfigError
 from ..history import History
 from . import remedies as R
 from .attempt import Attempt, Data, train_attempt, user_layer_bugs
@@ -65,13 +65,17 @@ class RepairReport:
 
     @property
     def changes(self) -> list[str]:
-        """The kept changes, in order."""
-        return [a.change for a in self.attempts[1:] if a.kept]
+        """The changes behind the returned model, in order."""
+        return [a.change for a in self._chain()]
 
     @property
     def remedies(self) -> list[str]:
-        """The names of the kept remedies."""
-        return [a.remedy for a in self.attempts[1:] if a.kept]
+        """The names of the remedies behind the returned model, in order."""
+        return [a.remedy for a in self._chain()]
+
+    def _chain(self) -> list:
+        last = next((a.number for a in self.attempts if a.chosen), 0)
+        return [a for a in self.attempts[1:] if a.kept and a.number <= last]
 
     @property
     def training_seconds(self) -> float:
@@ -162,11 +166,15 @@ def repair(model, X, y, epochs, batch_size=32, validation_data=None, validation_
         applied[remedy.name] = applied.get(remedy.name, 0) + 1
         restart = current.checkpoint if remedy.keeps_weights and current.mid_run else None
         att = train_attempt(candidate, data, user_cbs, number=len(attempts), restart=restart)
-        att.target, att.remedy, att.change = finding, remedy.name, change
-        if att.score > current.score + 1e-9 or (att.score >= current.score - 1e-9 and not att.has(finding)):
+        att.target, att.remedy, att.change, att.recipe = finding, remedy.name, change, candidate
+        if att.score > current.score + 1e-9:
             att.kept = True
             current, current_recipe = att, candidate
             att.verdict = "fixed" if att.quiet and att.score > broken.score else "better, kept"
+        elif not att.has(finding) and att.score >= current.score - _tolerance(current):
+            att.kept = True                        # it removed its problem and uncovered the next one
+            current, current_recipe = att, candidate
+            att.verdict = "problem gone, kept to fix what it uncovered"
         else:
             undone.add(remedy.name)
             att.verdict = "no better, undone"
@@ -176,7 +184,22 @@ def repair(model, X, y, epochs, batch_size=32, validation_data=None, validation_
         if bug is not None:
             att.verdict = "user-code bug"
             return _report(model, attempts, current, recipe, current_recipe, bug, start, chooser)
-    return _report(model, attempts, current, recipe, current_recipe, None, start, chooser)
+    best = _best(attempts)
+    return _report(model, attempts, best, recipe, best.recipe or recipe, None, start, chooser)
+
+
+def _tolerance(attempt) -> float:
+    """How much worse a fix may score and still be kept when it removed its problem."""
+    if attempt.metric_name == "val_loss":
+        return 0.1 * abs(attempt.score) if math.isfinite(attempt.score) else 0.0
+    return 0.02
+
+
+def _best(attempts):
+    """The attempt to hand back: a fixed one (quiet, better than the broken run) if any, the best score."""
+    broken = attempts[0]
+    kept = [a for a in attempts[1:] if a.kept]
+    return max([broken] + kept, key=lambda a: (a is not broken and a.quiet and a.score > broken.score, a.score))
 
 
 def _broken_attempt(model, recipe, data, user_cbs, baseline):
@@ -227,6 +250,8 @@ def _pick_random(current, recipe, data, undone, applied, rng):
 
 def _report(model, attempts, best, original, final, bug, start, chooser):
     out_model = best.model if best.model is not None else model     # a baseline's model is the user's
+    for a in attempts:
+        a.chosen = a is best
     if best.scaler is not None and out_model is not model:
         out_model.preprocessor = best.scaler
         out_model.apply_preprocessor = True
@@ -246,7 +271,7 @@ def fit_repair(model, X, y, epochs=1, batch_size=32, validation_data=None, valid
     report as ``history.repair``.
     """
     report = repair(model, X, y, epochs, batch_size=batch_size, validation_data=validation_data,
-                    validation_split=validation_split, callbacks=callbacks, verbose=verbose)
+                    validation_split=validation_split, callbacks=callbacks, verbose=0)
     if report.model is not model:
         vars(model).update(vars(report.model))
         for owner in (model.optimizer, model.loss_scaler):
@@ -258,7 +283,3 @@ def fit_repair(model, X, y, epochs=1, batch_size=32, validation_data=None, valid
     if verbose:
         print(report)
     return history
-
-
-def _finite(v) -> bool:
-    return v is not None and math.isfinite(v)
