@@ -79,6 +79,29 @@ def test_report_lists_repair_attempts_and_escapes_text(tmp_path):
     assert len(images(page)) == 2                         # curves and learning rate; no steps recorded
 
 
+def test_a_repaired_run_shows_its_attempts_and_the_change_set(tmp_path, capsys):
+    X, y = load_digits()
+    X, y = Standardizer().fit(X).transform(X)[:600], y[:600]
+    model = Sequential([Dense(64, init="he_normal"), ReLU(), Dense(32, init="he_normal"), ReLU(), Dense(10)],
+                       seed=0, backend="numpy")
+    model.compile(loss="cross_entropy", optimizer=SGD(lr=2.0))
+    try:
+        history = model.fit(X, y, epochs=6, batch_size=32, validation_split=0.2, verbose=0, doctor="repair")
+    except (KeyError, TypeError, ValueError, ConfigError) as exc:      # no repair loop in this installation
+        pytest.skip(f"fit(doctor='repair') is not available: {exc}")
+    capsys.readouterr()
+    rep = history.repair
+    page = open(history.report(tmp_path / "repaired.html"), encoding="utf-8").read()
+    section = page.split("<h2>Repair attempts</h2>", 1)[1].split("<h2>", 1)[0]
+    assert str(rep).splitlines()[0] in section                        # "repair: fixed after 2 attempts ..."
+    assert section.count("<tr>") == 1 + len(rep.attempts) and "(broken run)" in section
+    for a in rep.attempts[1:]:
+        assert f"<td>{a.remedy}</td>" in section.replace("&gt;", ">")
+    assert rep.diff() and "Change set to apply" in section
+    broken = rep.attempts[0].findings                                 # the diagnosis is the broken run's
+    assert broken and all(f"<code>{f.code}</code>" in page for f in broken)
+
+
 def test_without_matplotlib_the_report_still_has_its_text(monkeypatch, tmp_path):
     h = History()
     for e, loss in enumerate([2.0, 1.0]):

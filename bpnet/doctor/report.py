@@ -40,6 +40,7 @@ table{border-collapse:collapse;font-size:.88em;margin-top:6px}td,th{border:1px s
 text-align:left;vertical-align:top}
 figure{margin:8px 0}figure img{max-width:100%;height:auto;border:1px solid #eee}
 figcaption{color:#555;font-size:.88em}
+pre{background:#f6f6f6;padding:8px 12px;overflow-x:auto;font-size:.85em}
 """
 
 
@@ -53,17 +54,23 @@ def write_html_report(history, path, *, findings=None, model=None, x=None, histo
     model, x : a model and a batch, for histograms of every layer's output
         (else ``histograms``, as :func:`activation_histograms` returns; else
         the activation statistics the Monitor recorded over training).
-    repairs : the repair attempts of a repaired run, a list of dicts (default:
-        ``history.repairs`` when that exists).
+    repairs : the repair attempts: a :class:`~bpnet.doctor.repair.RepairReport`
+        (default: ``history.repair``, which ``fit(doctor="repair")`` sets), its
+        ``attempts``, or a list of dicts (a run record's ``"repairs"``).  With a
+        report, the default findings start with the broken run's.
     """
     if not isinstance(history, History):
         raise ConfigError(f"write_html_report needs a bpnet History, got {type(history).__name__}")
     if histograms is None and model is not None and x is not None:
         histograms = activation_histograms(model, x)
+    if repairs is None:
+        repairs = getattr(history, "repair", None) or getattr(history, "repairs", None)
     if findings is None:
         findings = run_findings(history)
-    if repairs is None:
-        repairs = getattr(history, "repairs", None)
+        broken = list(getattr(repairs, "attempts", None) or [None])[0]
+        if broken is not None and hasattr(broken, "findings"):
+            keys = {f.key for f in broken.findings}
+            findings = list(broken.findings) + [f for f in findings if f.key not in keys]
     page = render_html(history, [_as_finding(f) for f in findings], histograms=histograms, repairs=repairs,
                        title=title or "training run")
     with open(path, "w", encoding="utf-8") as fh:
@@ -110,11 +117,12 @@ def activation_histograms(model, x, bins: int = 40, max_samples: int = 1024) -> 
 def render_html(history, findings, histograms=None, repairs=None, title="training run") -> str:
     """The page as a string (see :func:`write_html_report`)."""
     parts = [f"<h1>bpnet diagnosis: {_e(title)}</h1>", f'<div class="meta">{_e(_run_summary(history))}</div>',
-             _headline(findings), "<h2>Findings</h2>", _findings_section(findings), "<h2>Training curves</h2>"]
+             _headline(findings)]
+    if repairs:
+        parts += ["<h2>Repair attempts</h2>", _repair_section(repairs)]
+    parts += ["<h2>Findings</h2>", _findings_section(findings), "<h2>Training curves</h2>"]
     for caption, draw in _figures(history, histograms):
         parts.append(_figure_html(caption, draw))
-    if repairs:
-        parts += ["<h2>Repair attempts</h2>", _table(repairs)]
     stamp = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     parts.append(f'<p class="meta">written by bpnet {_e(_version())} on {_e(stamp)}</p>')
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
@@ -145,6 +153,26 @@ def _findings_section(findings) -> str:
         blocks.append(f'<div class="finding"><span class="sev {_e(f.severity)}">{_e(f.severity)}</span> '
                       f"<code>{_e(f.code)}</code>{where}<div>{_e(f.message)}</div>{remedy}{evidence}</div>")
     return "\n".join(blocks)
+
+
+def _repair_section(repairs) -> str:
+    """The attempts as a table; for a RepairReport also its verdict and the change set to apply."""
+    attempts = getattr(repairs, "attempts", repairs)
+    rows = [a if isinstance(a, dict) else _attempt_row(a) for a in attempts]
+    head = str(repairs).splitlines()[0] if hasattr(repairs, "attempts") else ""
+    diff = repairs.diff() if hasattr(repairs, "diff") else ""
+    return ((f"<p><b>{_e(head)}</b></p>" if head else "") + _table(rows)
+            + (f"<p>Change set to apply to the script:</p><pre><code>{_e(diff)}</code></pre>" if diff else ""))
+
+
+def _attempt_row(a) -> dict:
+    target = getattr(a, "target", None)
+    problems = getattr(a, "problems", getattr(a, "findings", []))
+    return {"attempt": a.number, "for": getattr(target, "code", "") if a.number else "(broken run)",
+            "remedy": a.remedy or "", "change": a.change or "", "restart from": a.restart or "",
+            "result": f"{a.metric_name} {_fmt(a.metric)}",
+            "doctor found": ", ".join(f.code for f in problems) or "nothing", "verdict": a.verdict,
+            "seconds": round(float(a.seconds), 2)}
 
 
 def _figures(history, histograms):
