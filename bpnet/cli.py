@@ -62,9 +62,6 @@ def main(argv=None) -> int:
         return 1
 
 
-def _formatter(prog):
-    """Help with every flag's default shown (argparse's formatter, a little wider)."""
-    return argparse.ArgumentDefaultsHelpFormatter(prog, max_help_position=32)
 
 
 # --------------------------------------------------------------------------- bpnet train
@@ -239,7 +236,7 @@ def _add_train_arguments(p):
     p.add_argument("--optimizer", default="adam", type=types.choice("optimizer", OPTIMIZERS),
                    metavar="NAME", help="optimizer: " + ", ".join(OPTIMIZERS))
     p.add_argument("--lr", type=types.positive_float, default=None,
-                   help="learning rate; None uses the optimizer's own default")
+                   help="learning rate (default: the optimizer's own)")
     p.add_argument("--epochs", type=types.positive_int, default=20, help="passes over the training data")
     p.add_argument("--batch-size", type=types.positive_int, default=32, help="samples per training step")
     p.add_argument("--seed", type=types.non_negative_int, default=0,
@@ -249,7 +246,7 @@ def _add_train_arguments(p):
     p.add_argument("--val-split", type=types.fraction(low_inclusive=True), default=0.1,
                    help="fraction of the training split used for validation (0: none)")
     p.add_argument("--backend", default=None, choices=("numpy", "numba", "cupy"),
-                   help="array backend; None: $BPNET_BACKEND, else numba when installed")
+                   help="array backend (default: $BPNET_BACKEND, else numba when installed)")
     p.add_argument("--doctor", action="store_true", help="monitor the run and print the diagnosis")
     p.add_argument("--detect-anomaly", action="store_true", help="stop at the first NaN/Inf, naming the layer")
     p.add_argument("--repair", action="store_true",
@@ -266,7 +263,8 @@ def _add_train_arguments(p):
 
 @register_subcommand
 def _register_train(sub):
-    p = sub.add_parser("train", help="train an MLP on a built-in data set", formatter_class=_formatter,
+    p = sub.add_parser("train", help="train an MLP on a built-in data set",
+                       formatter_class=types.HelpFormatter,
                        description="Train a multilayer perceptron on a built-in data set. Features are "
                                    "standardised with statistics of the training split.")
     _add_train_arguments(p)
@@ -349,7 +347,7 @@ def _recorded_findings(history) -> list:
 
 @register_subcommand
 def _register_doctor(sub):
-    p = sub.add_parser("doctor", help="diagnose a saved training run", formatter_class=_formatter,
+    p = sub.add_parser("doctor", help="diagnose a saved training run", formatter_class=types.HelpFormatter,
                        description="Load a History saved with history.to_json(path) and print the diagnosis.")
     p.add_argument("run", metavar="RUN.json", nargs="?",
                    help="a run saved by `bpnet train --history-out` or history.to_json(path)")

@@ -12,6 +12,21 @@ import difflib
 import os
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Help that ends each valued flag's text with its default; switches and absent defaults get none."""
+
+    def __init__(self, prog, **kwargs):
+        kwargs.setdefault("max_help_position", 32)
+        super().__init__(prog, **kwargs)
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if (not action.option_strings or action.nargs == 0 or "%(default)" in text
+                or action.default is None or action.default is argparse.SUPPRESS):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def did_you_mean(name: str, options) -> str:
     """``"; did you mean 'dying_relu'?"`` for the closest of ``options``, or ``""``.
 
@@ -110,5 +125,5 @@ def output_path(text: str) -> str:
     return path
 
 
-__all__ = ["did_you_mean", "choice", "positive_int", "non_negative_int", "positive_float", "fraction",
+__all__ = ["HelpFormatter", "did_you_mean", "choice", "positive_int", "non_negative_int", "positive_float", "fraction",
            "hidden_sizes", "output_path"]

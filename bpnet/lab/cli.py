@@ -23,7 +23,7 @@ from ..errors import ConfigError
 def register(subparsers) -> argparse.ArgumentParser:
     """Add the ``lab`` command (with ``list``, ``show``, ``run``) to a subparsers object."""
     p = subparsers.add_parser("lab", help="reproduce classic backprop failures, diagnose and repair them",
-                              formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                              formatter_class=types.HelpFormatter,
                               description="The failure lab: each scenario makes one classic failure happen, "
                                           "lets the doctor name it, and applies the standard remedy.")
     _build(p)
@@ -39,7 +39,7 @@ def _build(p):
     show.add_argument("name", help="scenario name (see `bpnet lab list`)")
     show.set_defaults(func=_show)
     run = sub.add_parser("run", help="run one scenario (or --all) and print the verdict",
-                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                         formatter_class=types.HelpFormatter)
     run.add_argument("name", nargs="?", help="scenario name (see `bpnet lab list`)")
     run.add_argument("--all", action="store_true", help="run every scenario and print a summary table")
     run.add_argument("--seed", type=types.non_negative_int, default=0, help="the one seed of the runs")
