@@ -56,6 +56,10 @@ class Data:
             if step.train_only:
                 X, y = step.apply_train(X, y, report)
         Xv, yv = self.X_val, self.y_val
+        for step in recipe.data_steps:
+            if step.kind == "drop_nonfinite_val":
+                Xv, yv = step.apply_train(Xv, yv, scratch := {})
+                report["validation_rows_left_out"] = scratch["rows_dropped_nonfinite"]
         if recipe.label_map is not None:
             y, yv = (map_labels(a, recipe.label_map, recipe.label_classes) for a in (y, yv))
         scaler = None
@@ -155,6 +159,8 @@ class Attempt:
     val: tuple = field(default=None, repr=False)     # the validation split as this attempt's model saw it
     recipe: object = field(default=None, repr=False)
     chosen: bool = False                              # the attempt whose model the report hands back
+    settled: frozenset = frozenset()                  # codes a kept fix answered (see Remedy.settles)
+    parent: object = field(default=None, repr=False)  # the attempt whose recipe this one changed
 
     @classmethod
     def from_baseline(cls, b, model, data: "Data") -> "Attempt":
@@ -165,7 +171,7 @@ class Attempt:
 
     @property
     def problems(self) -> list:
-        return [f for f in self.findings if f.severity in ACTIONABLE]
+        return [f for f in self.findings if f.severity in ACTIONABLE and f.code not in self.settled]
 
     @property
     def quiet(self) -> bool:
@@ -225,7 +231,7 @@ def train_attempt(recipe, data: Data, user_callbacks=(), number: int = 0, restar
         except BpnetError as err:            # e.g. fit refuses non-finite data up front
             history, error = model.history or History(), f"{type(err).__name__}: {err}"
         seconds = time.perf_counter() - start
-        findings = _diagnose(model, history, X, y)
+        findings = _diagnose(model, history, X, y, Xv, yv)
         name, metric, val_loss = score_model(model, Xv, yv, data.class_ids)
     att = Attempt(number, findings, name, metric, val_loss, seconds, history=history, model=model, scaler=scaler,
                   restart=where, data_report=report, error=error, val=(Xv, yv))
@@ -235,8 +241,13 @@ def train_attempt(recipe, data: Data, user_callbacks=(), number: int = 0, restar
     return att
 
 
-def _diagnose(model, history, X, y) -> list:
+def _diagnose(model, history, X, y, Xv=None, yv=None) -> list:
     found = list(check_data(X, y, loss=model.loss, model=model))
+    if Xv is not None:                      # validation data that cannot be scored
+        for f in check_data(Xv, yv, loss=model.loss, model=model):
+            if f.code == "NONFINITE_DATA":
+                f.where = "validation"
+                found.append(f)
     found += diagnose(history, model=model) if len(history) else check_model(model)
     seen, out = set(), []
     for f in found:

@@ -91,10 +91,20 @@ def reinit(recipe, finding, ctx):
     for i, act in _hidden_pairs(recipe):
         want = "he_normal" if act in RELU_FAMILY else "xavier_uniform"
         layer = recipe.layers[i]
+        if act is None and _scaled_init(layer.init):
+            continue                      # an output layer with a standard scale stays as it is
         if layer.init != want:
             changes.append(f"layer {i} init {_name(layer.init)} -> {want!r}")
             layer.init = want
+        if layer.bias_init != "zeros":
+            changes.append(f"layer {i} bias_init {_name(layer.bias_init)} -> 'zeros'")
+            layer.bias_init = "zeros"
     return "; ".join(changes) if changes else None
+
+
+def _scaled_init(spec) -> bool:
+    """A fan-scaled initialiser by name (Xavier, He/Kaiming, LeCun, orthogonal)."""
+    return isinstance(spec, str) and spec.split("_")[0] in ("xavier", "he", "kaiming", "lecun", "orthogonal")
 
 
 def orthogonal_recurrence(recipe, finding, ctx):
@@ -316,6 +326,20 @@ def classification_loss(recipe, finding, ctx):
 
 
 # -- the data --------------------------------------------------------------------------------
+def drop_nonfinite(recipe, finding, ctx):
+    """Non-finite training rows are dropped (reported); non-finite validation rows cannot be
+    scored, so they are left out of the score (also reported), never repaired in place."""
+    kind = "drop_nonfinite_val" if finding.where == "validation" else "drop_nonfinite"
+    if any(s.kind == kind for s in recipe.data_steps):
+        return None
+    if kind == "drop_nonfinite":
+        code = "X_train, y_train = drop_nonfinite_rows(X_train, y_train)  # training split only"
+    else:
+        code = "X_val, y_val = drop_nonfinite_rows(X_val, y_val)  # they cannot be scored; clean them at the source"
+    recipe.data_steps.append(DataStep(kind, code, train_only=kind == "drop_nonfinite"))
+    return code.split("  #")[0]
+
+
 def data_step(kind, code, train_only=True, **params):
     def apply(recipe, finding, ctx):
         if any(s.kind == kind for s in recipe.data_steps):

@@ -106,7 +106,7 @@ class DataStep:
 
     def apply_train(self, X, y, report: dict):
         """(X, y) of the training split after this step; ``report`` collects what it did."""
-        if self.kind == "drop_nonfinite":
+        if self.kind in ("drop_nonfinite", "drop_nonfinite_val"):
             keep = np.isfinite(X.reshape(len(X), -1)).all(axis=1)
             if y is not None and np.asarray(y).dtype.kind == "f":
                 keep &= np.isfinite(np.asarray(y).reshape(len(y), -1)).all(axis=1)

@@ -45,6 +45,7 @@ class Remedy:
     name: str
     apply: Callable
     keeps_weights: bool = False
+    settles: tuple = ()          # codes this fix answers for good (imbalance is still in the data after weighting)
 
     def __str__(self):
         return self.name
@@ -78,8 +79,7 @@ def _table() -> dict:
     standardize = Remedy("standardise inputs (fit on the training split)", X.standardize)
     return {
         F.MEMORY_BUDGET: [Remedy("largest batch that fits", X.batch_that_fits)],
-        F.NONFINITE_DATA: [Remedy("drop non-finite training rows", X.data_step(
-            "drop_nonfinite", "X_train, y_train = drop_nonfinite_rows(X_train, y_train)  # training split only"))],
+        F.NONFINITE_DATA: [Remedy("drop non-finite training rows", X.drop_nonfinite)],
         F.LABEL_FORMAT: [Remedy("labels in the loss's format", X.convert_labels)],
         F.OUTLIERS: [Remedy("drop outlier rows", X.data_step(
             "drop_outliers", "X_train, y_train = drop_outliers(X_train, y_train, z=10)  # robust z-score, "
@@ -87,8 +87,8 @@ def _table() -> dict:
                      Remedy("clip outliers", X.data_step(
                          "clip_outliers", "X_train = clip_outliers(X_train, z=10)  # training split only", z=10.0))],
         F.UNNORMALIZED_INPUTS: [standardize],
-        F.CLASS_IMBALANCE: [Remedy("class weights", X.class_weights(False)),
-                            Remedy("focal loss", X.class_weights(True))],
+        F.CLASS_IMBALANCE: [Remedy("class weights", X.class_weights(False), settles=(F.CLASS_IMBALANCE,)),
+                            Remedy("focal loss", X.class_weights(True), settles=(F.CLASS_IMBALANCE,))],
         F.DOUBLE_SOFTMAX: [Remedy("remove the double softmax", X.remove_last(("Softmax",)))],
         F.OUTPUT_LOSS_MISMATCH: [Remedy("classification loss on logits", X.classification_loss),
                                  Remedy("linear output layer", X.remove_last(("ReLU", "Sigmoid", "Tanh", "Softmax")))],
@@ -101,7 +101,7 @@ def _table() -> dict:
         F.EXPLODING_THROUGH_TIME: [ortho, clip, lr_down],
         F.VANISHING_GRADIENTS: [relu, bn, res, reinit, fewer],
         F.VANISHING_THROUGH_TIME: [ortho, fewer],
-        F.DYING_RELU: [lr_down, leaky, reinit],
+        F.DYING_RELU: [reinit, lr_down, leaky],
         F.SATURATED_ACTIVATIONS: [reinit, standardize, bn, relu],
         F.LR_TOO_HIGH: [lr_down, clip, adam],
         F.STEP_SIZE: [lr_down, adam],

@@ -74,8 +74,13 @@ class RepairReport:
         return [a.remedy for a in self._chain()]
 
     def _chain(self) -> list:
-        last = next((a.number for a in self.attempts if a.chosen), 0)
-        return [a for a in self.attempts[1:] if a.kept and a.number <= last]
+        """The attempts from the broken run to the returned one (each changed its parent's recipe)."""
+        a = next((a for a in self.attempts if a.chosen), None)
+        chain = []
+        while a is not None and a.number > 0:
+            chain.append(a)
+            a = a.parent
+        return chain[::-1]
 
     @property
     def training_seconds(self) -> float:
@@ -152,8 +157,13 @@ def repair(model, X, y, epochs, batch_size=32, validation_data=None, validation_
     rng = np.random.default_rng(np.random.SeedSequence([seed, 12]))
     limit = DEFAULT_ATTEMPTS if max_attempts is None else int(max_attempts)
     while len(attempts) - 1 < limit:
-        if current.quiet and current.score > broken.score and current is not broken:
-            break
+        if current is not broken and current.quiet:
+            if _better(current, broken):
+                break
+            _undo(current, undone, "the doctor is quiet but the run is no better than the broken one")
+            current = current.parent
+            current_recipe = current.recipe or recipe
+            continue
         if time_budget is not None and time.perf_counter() - start > time_budget:
             say("repair: time budget spent")
             break
@@ -166,18 +176,18 @@ def repair(model, X, y, epochs, batch_size=32, validation_data=None, validation_
         applied[remedy.name] = applied.get(remedy.name, 0) + 1
         restart = current.checkpoint if remedy.keeps_weights and current.mid_run else None
         att = train_attempt(candidate, data, user_cbs, number=len(attempts), restart=restart)
-        att.target, att.remedy, att.change, att.recipe = finding, remedy.name, change, candidate
-        if att.score > current.score + 1e-9:
+        att.target, att.remedy, att.change, att.recipe, att.parent = finding, remedy.name, change, candidate, current
+        att.settled = current.settled | frozenset(remedy.settles)
+        if _better(att, current):
             att.kept = True
-            current, current_recipe = att, candidate
-            att.verdict = "fixed" if att.quiet and att.score > broken.score else "better, kept"
+            att.verdict = "fixed" if att.quiet and _better(att, broken) else "better, kept"
         elif not att.has(finding) and att.score >= current.score - _tolerance(current):
             att.kept = True                        # it removed its problem and uncovered the next one
-            current, current_recipe = att, candidate
             att.verdict = "problem gone, kept to fix what it uncovered"
         else:
-            undone.add(remedy.name)
-            att.verdict = "no better, undone"
+            _undo(att, undone, "no better")
+        if att.kept:
+            current, current_recipe = att, candidate
         attempts.append(att)
         say(att.story())
         bug = next((f for f in att.findings if R.is_user_code_bug(f)), None)
@@ -186,6 +196,27 @@ def repair(model, X, y, epochs, batch_size=32, validation_data=None, validation_
             return _report(model, attempts, current, recipe, current_recipe, bug, start, chooser)
     best = _best(attempts)
     return _report(model, attempts, best, recipe, best.recipe or recipe, None, start, chooser)
+
+
+def _undo(att, undone, why):
+    undone.add(att.remedy)
+    att.kept = False
+    att.verdict = f"{why}, undone" if not att.verdict else f"{att.verdict}; then undone ({why})"
+
+
+def _better(a, b) -> bool:
+    """``a`` beats ``b`` by more than noise: half a point of accuracy (or the same accuracy and a
+    2% lower loss), or a 2% lower validation loss; any score beats a run that could not be scored."""
+    if not math.isfinite(b.score):
+        return math.isfinite(a.score)
+    if not math.isfinite(a.score):
+        return False
+    if a.metric_name == "val_loss":
+        return a.score > b.score + 0.02 * abs(b.score)
+    if a.metric > b.metric + 0.005:
+        return True
+    losses = math.isfinite(a.val_loss) and math.isfinite(b.val_loss)
+    return abs(a.metric - b.metric) <= 0.005 and losses and a.val_loss < 0.98 * b.val_loss
 
 
 def _tolerance(attempt) -> float:
@@ -199,7 +230,7 @@ def _best(attempts):
     """The attempt to hand back: a fixed one (quiet, better than the broken run) if any, the best score."""
     broken = attempts[0]
     kept = [a for a in attempts[1:] if a.kept]
-    return max([broken] + kept, key=lambda a: (a is not broken and a.quiet and a.score > broken.score, a.score))
+    return max([broken] + kept, key=lambda a: (a is not broken and a.quiet and _better(a, broken), a.score))
 
 
 def _broken_attempt(model, recipe, data, user_cbs, baseline):
@@ -256,7 +287,7 @@ def _report(model, attempts, best, original, final, bug, start, chooser):
         out_model.preprocessor = best.scaler
         out_model.apply_preprocessor = True
     healthy = len(attempts) == 1 and attempts[0].quiet          # nothing to repair
-    fixed = bug is None and (healthy or (best is not attempts[0] and best.quiet and best.score > attempts[0].score))
+    fixed = bug is None and (healthy or (best is not attempts[0] and best.quiet and _better(best, attempts[0])))
     return RepairReport(model=out_model, fixed=bool(fixed), attempts=attempts, history=best.history,
                         original=original, final=final, bug=bug, seconds=time.perf_counter() - start,
                         chooser=chooser)
