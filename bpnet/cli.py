@@ -168,11 +168,13 @@ def _write_outputs(args, model, history, X_probe):
     """``--history-out`` (with the activation histograms, for ``bpnet doctor --html``) and ``--html``."""
     histograms = None
     if args.history_out or args.html:
-        from .doctor.report import activation_histograms
+        from .doctor.report import activation_histograms, repair_rows
         histograms = activation_histograms(model, X_probe[:256])
     if args.history_out:
         record = json.loads(history.to_json())
         record["activation_histograms"] = histograms
+        if getattr(history, "repair", None) is not None:
+            record["repairs"] = json.loads(json.dumps(repair_rows(history.repair), default=str))
         with open(args.history_out, "w") as fh:
             json.dump(record, fh, indent=1)
         print(f"history written to {args.history_out}")

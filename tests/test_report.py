@@ -206,3 +206,18 @@ def test_report_renders_with_its_plots_in_headless_chromium(dying_run, tmp_path)
     assert len(np.unique((img[drawn] * 255).astype(np.uint8), axis=0)) > 200  # curves, bars, colour bars
     if os.environ.get("BPNET_REPORT_SCREENSHOT"):           # the README's picture
         shutil.copy(tmp_path / "report.png", os.environ["BPNET_REPORT_SCREENSHOT"])
+
+
+def test_a_repaired_cli_run_keeps_its_attempts_in_the_run_record(tmp_path, capsys):
+    run, page = tmp_path / "run.json", tmp_path / "page.html"
+    try:
+        rc = main(["train", "--dataset", "digits", "--optimizer", "sgd", "--lr", "2", "--epochs", "6", "--repair",
+                   "--backend", "numpy", "--quiet", "--history-out", str(run)])
+    except SystemExit:
+        pytest.skip("this bpnet train has no --repair")
+    capsys.readouterr()
+    rows = json.loads(run.read_text())["repairs"]
+    assert rc == 0 and len(rows) >= 2 and rows[0]["for"] == "(broken run)" and rows[1]["remedy"]
+    assert main(["doctor", str(run), "--html", str(page)]) == 0
+    section = page.read_text(encoding="utf-8").split("<h2>Repair attempts</h2>", 1)[1].split("<h2>", 1)[0]
+    assert section.count("<tr>") == 1 + len(rows) and f"<td>{rows[1]['remedy']}</td>" in section

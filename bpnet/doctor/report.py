@@ -157,12 +157,17 @@ def _findings_section(findings) -> str:
 
 def _repair_section(repairs) -> str:
     """The attempts as a table; for a RepairReport also its verdict and the change set to apply."""
-    attempts = getattr(repairs, "attempts", repairs)
-    rows = [a if isinstance(a, dict) else _attempt_row(a) for a in attempts]
+    rows = repair_rows(repairs)
     head = str(repairs).splitlines()[0] if hasattr(repairs, "attempts") else ""
     diff = repairs.diff() if hasattr(repairs, "diff") else ""
     return ((f"<p><b>{_e(head)}</b></p>" if head else "") + _table(rows)
             + (f"<p>Change set to apply to the script:</p><pre><code>{_e(diff)}</code></pre>" if diff else ""))
+
+
+def repair_rows(repairs) -> list:
+    """One JSON-ready dict per repair attempt, from a RepairReport, its attempts or such dicts."""
+    attempts = getattr(repairs, "attempts", repairs) or []
+    return [a if isinstance(a, dict) else _attempt_row(a) for a in attempts]
 
 
 def _attempt_row(a) -> dict:
@@ -319,4 +324,4 @@ def _version() -> str:
 
 History._report_writer = write_html_report      # what History.report(path) calls
 
-__all__ = ["write_html_report", "render_html", "activation_histograms", "run_findings"]
+__all__ = ["write_html_report", "render_html", "activation_histograms", "run_findings", "repair_rows"]
