@@ -11,7 +11,8 @@ gone by the end is kept only as ``info`` ("gone by the end"), and the
 findings are told as one story (:mod:`bpnet.doctor.story`): the root cause
 first, its symptoms after it with ``caused_by``.  The printed output starts
 with one line naming the main problem and its remedy (or "no problems
-found"), then one entry per finding.  A :class:`Monitor` is attached when
+found", one line for a healthy run, its infos kept in ``history.findings``),
+then one entry per finding.  A :class:`Monitor` is attached when
 the callbacks have none, so the step signals exist.
 """
 from __future__ import annotations
@@ -103,6 +104,8 @@ class Doctor(Callback):
             return
         self._printed = True
         self.print_fn(headline(self.findings))
+        if not any(f.severity in ("error", "warning") for f in self.findings):
+            return                     # a healthy run: one line (its notes stay in history.findings)
         for f in self.findings:
             self.print_fn(f"doctor: {f}")
 

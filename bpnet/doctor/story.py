@@ -115,7 +115,8 @@ def headline(findings) -> str:
     main = next((f for f in findings if f.severity in ("error", "warning") and not f.caused_by), None)
     if main is None:
         notes = len(findings)
-        return "doctor: no problems found" + (f" ({notes} note{'s' * (notes != 1)} below)" if notes else "")
+        return "doctor: no problems found" + (f" ({notes} note{'s' * (notes != 1)} in history.findings)"
+                                              if notes else "")
     more = sum(1 for f in findings if f is not main and f.severity in ("error", "warning"))
     what = re.split(r"[:;(]| \(|\. ", main.message, maxsplit=1)[0].strip()
     what = what if len(what) <= 100 else what[:97] + "..."

@@ -37,8 +37,8 @@ def check_validation(X, y, X_val, y_val, loss=None, model=None, thresholds=None)
         out = [f for f in out if f.key != shift.key]
         out.insert(0, shift)
     classes = _new_classes(y, y_val)
-    if classes is not None and not any(f.key == classes.key for f in out):
-        out.append(classes)
+    if classes is not None:                 # more precise than the label check on its own
+        out = [f for f in out if f.key != classes.key] + [classes]
     return out
 
 
