@@ -20,7 +20,7 @@ from .thresholds import Thresholds
 
 _MAX_ROWS = 20
 _SAMPLE = 20000        # means and stds are taken on at most this many rows
-_ROBUST = 2000         # medians, MADs, percentiles and distinct counts on at most this many
+_ROBUST = 1000         # medians, MADs, percentiles and distinct counts on at most this many
 
 
 def check_data(X, y=None, loss=None, model=None, thresholds: Thresholds | None = None) -> list[Finding]:
@@ -135,7 +135,10 @@ def _outliers(out, Xc, S, t, stats):
     n_unique, med, mad = stats["n_unique"], stats["median"], stats["mad"]
     q_lo, q_hi = stats["q"][0], stats["q"][3]
     spread = q_hi - q_lo
-    cols = np.flatnonzero((n_unique >= t.outlier_min_unique) & (mad > 0) & (spread > 0))
+    # only features whose extreme values could qualify get the full |x - median| matrix
+    reach = np.maximum(Xc.max(axis=0) - med, med - Xc.min(axis=0))
+    cols = np.flatnonzero((n_unique >= t.outlier_min_unique) & (mad > 0) & (spread > 0) &
+                          (reach > t.outlier_z * mad) & (reach > t.outlier_range * spread))
     if not len(cols):
         return
     dev = np.abs(Xc[:, cols] - med[cols])
