@@ -62,6 +62,13 @@ class Optimizer:
                 self.state[name] = self.model.backend.asarray(s, dtype=p.dtype)
         return p, g
 
+    def check_dtype(self):
+        """Before the first step (``fit`` calls it): refuse state in a dtype where ``eps`` is 0."""
+        model = self.model
+        if model is not None:
+            scaler = getattr(model, "loss_scaler", None)
+            self._check_state_dtype(scaler.master_dtype if scaler is not None else np.dtype(model.dtype))
+
     def _check_state_dtype(self, dtype):
         """Refuse state in a dtype where ``eps`` is 0 (Adam's 1e-8 in float16: every step divides by ~0)."""
         eps = getattr(self, "eps", None)

@@ -172,13 +172,18 @@ def test_the_nan_check_walks_large_inputs_in_blocks(monkeypatch):
 
 
 # --------------------------------------------------------------------------- float16 + Adam
-def test_float16_adam_without_a_loss_scaler_is_refused_before_the_first_update():
+def test_float16_adam_without_a_loss_scaler_is_refused_before_the_first_step():
     m = model(dtype="float16", optimizer=Adam(lr=1e-3))
-    before = m.flat_params.copy() if m.built else None
+
+    class NoStep(bpnet.Callback):
+        def on_batch_begin(self, batch, logs=None):
+            raise AssertionError("a step ran")
     with pytest.raises(ConfigError, match=r"Adam\(eps=1e-08\) on a float16 model: eps rounds to 0 .* "
                                           r"loss_scaler=bpnet.LossScaler\(\)"):
-        m.fit(X, Y, epochs=1, verbose=0)
-    assert before is None and np.isfinite(m.flat_params).all()
+        m.fit(X, Y, epochs=1, verbose=0, callbacks=[NoStep()])
+    assert m.optimizer.t == 0 and np.isfinite(m.flat_params).all()
+    sgd = model(dtype="float16", optimizer=SGD(lr=0.1))           # no eps: float16 SGD is fine
+    assert np.isfinite(sgd.fit(X, Y, epochs=1, verbose=0)["loss"]).all()
     scaled = model(dtype="float16", optimizer=Adam(lr=1e-2), loss_scaler=bpnet.LossScaler())
     h = scaled.fit(X, Y, epochs=3, verbose=0)
     assert np.isfinite(h["loss"]).all() and h["loss"][-1] < h["loss"][0]
