@@ -80,9 +80,8 @@ def corpus_cases():
                              validation_split=fit.get("validation_split", 0.0), callbacks=fit.get("callbacks"),
                              max_attempts=attempts, seed=seed, verbose=0, chooser=chooser)
             named = rep.bug is not None and rep.bug.code in case.expected
-            final = rep.attempts[-1] if len(rep.attempts) > 1 else rep.attempts[0]
-            kept = [a for a in rep.attempts[1:] if a.kept]
-            clean_s = (kept[-1] if kept else final).seconds or final.seconds
+            chosen = next((a for a in rep.attempts if a.chosen), rep.attempts[0])
+            clean_s = chosen.seconds or rep.attempts[0].seconds      # one run of the repaired configuration
             # a broken run the doctor did not flag is left alone by the repair: it counts as not repaired
             fixed = rep.fixed and len(rep.attempts) > 1
             return {"repaired": bool(fixed or named), "bug": rep.bug is not None,

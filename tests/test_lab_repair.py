@@ -26,7 +26,7 @@ def test_the_repair_chooses_the_scenarios_own_kind_of_remedy(results):
     chosen = {name: results[name].auto_remedies for name in FAST}
     assert chosen["lr_too_high"] == ["learning rate x0.1"]
     assert chosen["double_softmax"] == ["remove the double softmax"]
-    assert chosen["nan_in_data"] == ["drop non-finite training rows"]
+    assert chosen["nan_in_data"] == ["drop non-finite rows"]
     assert chosen["unnormalized_inputs"][0] == "standardise inputs (fit on the training split)"
     assert chosen["label_format_mismatch"] == ["labels in the loss's format"]
 

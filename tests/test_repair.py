@@ -117,6 +117,44 @@ def test_output_and_loss_remedies():
     assert apply("loss scaling / float32 for float16", fp) == "dtype float16 -> float32"
 
 
+def test_label_formats_one_based_ids_binary_targets_and_multi_hot_rows():
+    X = np.zeros((6, 2), np.float32)
+    r = recipe_of([Dense(8), ReLU(), Dense(4)])
+    y = np.array([1, 2, 3, 1, 2, 3])
+    assert "class indices 0..2" in apply("labels in the loss's format", r, X=X, y=y) and r.layers[-1].units == 3
+    Xt, yt, *_ = Data(X, y, (X, y)).prepared(r)
+    assert yt.tolist() == [0, 1, 2, 0, 1, 2]
+    b = recipe_of([Dense(1)], loss="bce_with_logits")
+    ypm = np.array([[-1.0], [1.0], [1.0], [-1.0], [1.0], [-1.0]], np.float32)
+    assert "-1/1 -> 0/1" in apply("labels in the loss's format", b, X=X, y=ypm)
+    assert Data(X, ypm, (X, ypm)).prepared(b)[1].ravel().tolist() == [0, 1, 1, 0, 1, 0]
+    m = recipe_of([Dense(3)])
+    multi = np.array([[1, 1, 0], [0, 1, 1], [1, 0, 0]] * 2, np.float32)
+    assert "BCEWithLogits" in apply("labels in the loss's format", m, X=X, y=multi)
+
+
+def test_softmax_with_mse_on_one_hot_targets_becomes_cross_entropy_on_logits():
+    X, y = blobs(300)
+    onehot = np.eye(3, dtype=np.float32)[y]
+    r = recipe_of([Dense(16, init="he_normal"), ReLU(), Dense(3), Softmax()], loss="mse")
+    assert apply("classification loss on logits", r, X=X, y=onehot) == "Softmax + MSE on one-hot targets -> " \
+        "logits + CrossEntropy"
+    assert type(r.loss).__name__ == "CrossEntropy" and isinstance(r.layers[-1], Dense)
+
+
+def test_nonfinite_validation_rows_are_left_out_of_the_score_and_reported():
+    X, y = blobs(300)
+    Xv, yv = blobs(60, seed=1)
+    Xv = Xv.copy()
+    Xv[:3, 0] = np.nan
+    m = model_of([Dense(16, init="he_normal"), ReLU(), Dense(3)], opt=Adam(lr=1e-2))
+    rep = repair(m, X, y, epochs=4, validation_data=(Xv, yv), verbose=0)
+    att = rep.attempts[1]
+    assert rep.attempts[0].error is not None                    # fit refuses NaN validation data up front
+    assert att.remedy == "drop non-finite rows" and att.data_report["validation_rows_left_out"] == 3
+    assert rep.fixed and "drop_nonfinite_rows(X_val, y_val)" in rep.diff()
+
+
 def test_class_weights_and_focal_loss_weight_by_inverse_frequency():
     y = np.array([0] * 90 + [1] * 10)
     X = np.zeros((100, 2), np.float32)
@@ -137,7 +175,7 @@ def test_data_steps_drop_rows_from_the_training_split_only_and_standardise_on_it
     Xv, yv = blobs(50, seed=1)
     Xv = Xv * 100 + 7
     r = recipe_of([Dense(3)])
-    for name in ("drop non-finite training rows", "drop outlier rows",
+    for name in ("drop non-finite rows", "drop outlier rows",
                  "standardise inputs (fit on the training split)"):
         assert apply(name, r, X=X, y=y)
     Xt, yt, Xv2, yv2, scaler, report = Data(X, y, (Xv, yv)).prepared(r)
@@ -268,3 +306,16 @@ def test_code_diff_of_identical_recipes_is_empty():
     assert r.code()[-1] == "model.fit(X_train, y_train, epochs=3, batch_size=32)"
     assert CrossEntropy  # imported for the remedies' classes
     assert BatchNorm1d
+
+
+def test_repairing_a_repaired_model_keeps_its_preprocessor_in_front():
+    X, y = blobs(400, scale=300.0)
+    m = model_of([Dense(16, init="he_normal"), ReLU(), Dense(3), Softmax()], opt=SGD(lr=0.05))
+    first = repair(m, X, y, epochs=6, verbose=0).model
+    assert first.apply_preprocessor
+    again = repair(first, X, y, epochs=6, verbose=0)
+    scaler = again.model.preprocessor
+    assert again.model.apply_preprocessor
+    Xt = scaler.transform(X[:-80])
+    assert np.allclose(Xt.mean(axis=0), 0, atol=0.05) and np.allclose(Xt.std(axis=0), 1, atol=0.05)
+    assert again.model.evaluate(X[-80:], y[-80:])["accuracy"] > 0.9

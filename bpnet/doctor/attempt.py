@@ -68,11 +68,21 @@ class Data:
             finite = np.isfinite(X.reshape(len(X), -1)).all(axis=1)
             scaler = Standardizer().fit(X[finite])
             with np.errstate(all="ignore"):
-                X, Xv = _transform(scaler, X), _transform(scaler, Xv)
+                X, Xv = transform(scaler, X), transform(scaler, Xv)
         return X, y, Xv, yv, scaler, report
 
 
-def _transform(scaler, X):
+def compose(first, second):
+    """One affine scaler doing ``first`` then ``second``: ((x - c1)/s1 - c2)/s2 = (x - (c1 + c2 s1)) / (s1 s2)."""
+    from ..data import Standardizer
+    out = Standardizer()
+    out.center_ = first.center_ + second.center_ * first.scale_
+    out.scale_ = first.scale_ * second.scale_
+    out.n_features_in_ = first.n_features_in_
+    return out
+
+
+def transform(scaler, X):
     X2 = X.reshape(len(X), -1).astype(np.float64)
     out = (X2 - scaler.center_) / scaler.scale_
     return out.reshape(X.shape).astype(X.dtype if X.dtype.kind == "f" else np.float32)

@@ -14,13 +14,27 @@ from .recipe import DataStep
 RELU_FAMILY = ("ReLU", "LeakyReLU", "ELU")
 SQUASHING = ("Sigmoid", "Tanh")
 
+
 # -- the learning rate and the optimizer ----------------------------------------------------
 def scale_lr(factor):
+    """lr x factor; raising an lr a hundred times below the optimizer's default goes straight
+    to the default (x10 steps from 1e-7 would spend four attempts)."""
     def apply(recipe, finding, ctx):
         old = recipe.optimizer_config["lr"]
-        recipe.optimizer_config["lr"] = new = float(f"{old * factor:.3g}")
+        new = float(f"{old * factor:.3g}")
+        default = _default_lr(recipe.optimizer_class)
+        if factor > 1 and default is not None and old < default / 100:
+            recipe.optimizer_config["lr"] = default
+            return f"learning rate {old:g} -> {default:g} (the optimizer's default)"
+        recipe.optimizer_config["lr"] = new
         return f"learning rate {old:g} -> {new:g}"
     return apply
+
+
+def _default_lr(cls):
+    import inspect
+    p = inspect.signature(cls.__init__).parameters.get("lr")
+    return None if p is None or p.default is inspect.Parameter.empty else float(p.default)
 
 
 def use_adam(recipe, finding, ctx):

@@ -79,7 +79,7 @@ def _table() -> dict:
     standardize = Remedy("standardise inputs (fit on the training split)", X.standardize)
     return {
         F.MEMORY_BUDGET: [Remedy("largest batch that fits", X.batch_that_fits)],
-        F.NONFINITE_DATA: [Remedy("drop non-finite training rows", X.drop_nonfinite)],
+        F.NONFINITE_DATA: [Remedy("drop non-finite rows", X.drop_nonfinite)],
         F.LABEL_FORMAT: [Remedy("labels in the loss's format", X.convert_labels)],
         F.OUTLIERS: [Remedy("drop outlier rows", X.data_step(
             "drop_outliers", "X_train, y_train = drop_outliers(X_train, y_train, z=10)  # robust z-score, "

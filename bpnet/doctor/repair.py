@@ -25,7 +25,7 @@ import numpy as np
 from ..errors import ConfigError
 from ..history import History
 from . import remedies as R
-from .attempt import Attempt, Data, train_attempt, user_layer_bugs
+from .attempt import Attempt, Data, compose, train_attempt, transform, user_layer_bugs
 from .recipe import Recipe, code_diff
 
 DEFAULT_ATTEMPTS = 5
@@ -48,7 +48,9 @@ class RepairReport:
 
     model : the repaired, trained model (its ``preprocessor`` applies any input scaling the
         repair added, inside ``fit``/``evaluate``/``predict``, and is saved with it).
-    fixed : the doctor is quiet and the validation metric beats the broken run's.
+    fixed : the doctor is quiet and the validation metric beats the broken run's by more than
+        noise (or matches a broken run that already scored perfectly); True with no attempts
+        when the doctor found nothing to repair.
     attempts : attempt 0 is the broken run; each later one applied one remedy.
     history : the History of the attempt behind ``model``.
     bug : the user-code bug that stopped the repair (a finding), or None.
@@ -139,6 +141,12 @@ def repair(model, X, y, epochs, batch_size=32, validation_data=None, validation_
     model._require_compiled()
     say = print if verbose else (lambda *a, **k: None)
     start = time.perf_counter()
+    user_pre = model.preprocessor if model.apply_preprocessor else None    # a model repaired before
+    if user_pre is not None:
+        with np.errstate(all="ignore"):
+            X = transform(user_pre, np.asarray(X))
+            if validation_data is not None:
+                validation_data = (transform(user_pre, np.asarray(validation_data[0])), validation_data[1])
     data = Data(X, y, validation_data, validation_split)
     if data.note:
         say(f"repair: {data.note}")
@@ -150,7 +158,7 @@ def repair(model, X, y, epochs, batch_size=32, validation_data=None, validation_
     bug = next((f for f in broken.findings if R.is_user_code_bug(f)), None) or user_layer_bugs(model, data)
     if bug is not None:
         broken.verdict = "user-code bug"
-        return _report(model, attempts, broken, recipe, recipe, bug, start, chooser)
+        return _report(model, attempts, broken, recipe, recipe, bug, start, chooser, user_pre)
     current, current_recipe = broken, recipe
     undone: set = set()
     applied: dict = {}
@@ -158,7 +166,7 @@ def repair(model, X, y, epochs, batch_size=32, validation_data=None, validation_
     limit = DEFAULT_ATTEMPTS if max_attempts is None else int(max_attempts)
     while len(attempts) - 1 < limit:
         if current is not broken and current.quiet:
-            if _better(current, broken):
+            if _fixed(current, broken):
                 break
             _undo(current, undone, "the doctor is quiet but the run is no better than the broken one")
             current = current.parent
@@ -180,10 +188,10 @@ def repair(model, X, y, epochs, batch_size=32, validation_data=None, validation_
         att.settled = current.settled | frozenset(remedy.settles)
         if _better(att, current):
             att.kept = True
-            att.verdict = "fixed" if att.quiet and _better(att, broken) else "better, kept"
+            att.verdict = "fixed" if _fixed(att, broken) else "better, kept"
         elif not att.has(finding) and att.score >= current.score - _tolerance(current):
             att.kept = True                        # it removed its problem and uncovered the next one
-            att.verdict = "problem gone, kept to fix what it uncovered"
+            att.verdict = "fixed" if _fixed(att, broken) else "problem gone, kept to fix what it uncovered"
         else:
             _undo(att, undone, "no better")
         if att.kept:
@@ -193,15 +201,25 @@ def repair(model, X, y, epochs, batch_size=32, validation_data=None, validation_
         bug = next((f for f in att.findings if R.is_user_code_bug(f)), None)
         if bug is not None:
             att.verdict = "user-code bug"
-            return _report(model, attempts, current, recipe, current_recipe, bug, start, chooser)
+            return _report(model, attempts, current, recipe, current_recipe, bug, start, chooser, user_pre)
     best = _best(attempts)
-    return _report(model, attempts, best, recipe, best.recipe or recipe, None, start, chooser)
+    return _report(model, attempts, best, recipe, best.recipe or recipe, None, start, chooser, user_pre)
 
 
 def _undo(att, undone, why):
     undone.add(att.remedy)
     att.kept = False
     att.verdict = f"{why}, undone" if not att.verdict else f"{att.verdict}; then undone ({why})"
+
+
+def _fixed(a, broken) -> bool:
+    """The doctor is quiet and the run beats the broken one, or matches a broken run that
+    already scored perfectly (a fault that did not hurt on this data)."""
+    if not a.quiet:
+        return False
+    b_metric = broken.metric
+    at_ceiling = a.metric_name != "val_loss" and math.isfinite(b_metric) and b_metric >= 0.999
+    return _better(a, broken) or (at_ceiling and a.metric >= b_metric - 0.005)
 
 
 def _better(a, b) -> bool:
@@ -230,7 +248,7 @@ def _best(attempts):
     """The attempt to hand back: a fixed one (quiet, better than the broken run) if any, the best score."""
     broken = attempts[0]
     kept = [a for a in attempts[1:] if a.kept]
-    return max([broken] + kept, key=lambda a: (a is not broken and a.quiet and _better(a, broken), a.score))
+    return max([broken] + kept, key=lambda a: (a is not broken and _fixed(a, broken), a.score))
 
 
 def _broken_attempt(model, recipe, data, user_cbs, baseline):
@@ -279,15 +297,17 @@ def _pick_random(current, recipe, data, undone, applied, rng):
     return options[int(rng.integers(len(options)))] if options else None
 
 
-def _report(model, attempts, best, original, final, bug, start, chooser):
+def _report(model, attempts, best, original, final, bug, start, chooser, user_pre=None):
     out_model = best.model if best.model is not None else model     # a baseline's model is the user's
     for a in attempts:
         a.chosen = a is best
-    if best.scaler is not None and out_model is not model:
-        out_model.preprocessor = best.scaler
-        out_model.apply_preprocessor = True
+    if out_model is not model:
+        scaler = best.scaler if user_pre is None else (user_pre if best.scaler is None else
+                                                       compose(user_pre, best.scaler))
+        if scaler is not None:
+            out_model.preprocessor, out_model.apply_preprocessor = scaler, True
     healthy = len(attempts) == 1 and attempts[0].quiet          # nothing to repair
-    fixed = bug is None and (healthy or (best is not attempts[0] and best.quiet and _better(best, attempts[0])))
+    fixed = bug is None and (healthy or (best is not attempts[0] and _fixed(best, attempts[0])))
     return RepairReport(model=out_model, fixed=bool(fixed), attempts=attempts, history=best.history,
                         original=original, final=final, bug=bug, seconds=time.perf_counter() - start,
                         chooser=chooser)
