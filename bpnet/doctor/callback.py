@@ -66,17 +66,18 @@ class Doctor(Callback):
                       if (f.code, f.where.replace("validation ", "", 1) if f.where else None) not in train]
             # (a problem the training data has too is said once, about the training data)
         self._add_before(found)
-        self._X = X
+        return found
+
+    def check_model(self, X):
+        """The model against its loss and optimizer, and its user-written layers on a few rows of X."""
+        found = check_model(self.model, thresholds=self.thresholds)
+        if getattr(self.model, "built", False):
+            found += check_user_layers(self.model, X)
+        self._add_before(found)
         return found
 
     def on_train_begin(self, logs=None):
         self._history = self.model.history
-        found = check_model(self.model, thresholds=self.thresholds)
-        X = getattr(self, "_X", None)
-        if X is not None:
-            with np.errstate(all="ignore"):
-                found += check_user_layers(self.model, X)
-        self._add_before(found)
         self._publish(self.findings)
 
     # -- during and after -------------------------------------------------------------
@@ -139,6 +140,7 @@ def attach_doctor(model, doctor, X, y, callbacks, validation_data=None) -> list:
         callbacks.insert(0, Monitor(every=doc.every))
     with np.errstate(all="ignore"):
         doc.check_data(X, y, validation_data)
+        doc.check_model(X)            # before fit's own checks, which may refuse to start
     return callbacks + [doc]
 
 
