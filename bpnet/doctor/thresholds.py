@@ -38,7 +38,8 @@ class Thresholds:
       converged_rel   ... or below this fraction of the first loss counts as
                       converged, not as a plateau (0.05).
       noise_floor     rises and swings smaller than this fraction of the first
-                      loss are mini-batch noise, not a learning-rate problem (0.05).
+                      loss, or than a quarter of what the run learnt (first loss
+                      minus best), are mini-batch noise, not a learning-rate problem (0.05).
       lr_low_ratio    flat loss with update/weight ratio below this: LR too low (1e-5).
       step_high, step_low   update/weight ratio of a weight matrix outside
                       [step_low, step_high] (a healthy step is ~1e-3): STEP_SIZE (1e-1, 1e-6).
@@ -48,9 +49,12 @@ class Thresholds:
                       over steps without zero_grad: STEP_SIZE (3).
       ascent_cos      median cosine between update and gradient above this: the
                       updates climb the loss (a sign error): GRADIENT_ASCENT (0).
-      overfit_epochs  validation loss rising this many epochs in a row while
+      overfit_epochs  validation loss at least this many epochs past its best, its
+                      recent mean above the best by more than its own noise, while
                       the training loss falls ... (3)
-      overfit_rise    ... and ending this fraction above its best: overfitting (0.05).
+      overfit_rise    ... and ending this fraction above its best (and more than twice
+                      its noise, and more than a tenth of what it learnt): overfitting
+                      (0.05); info when the validation accuracy holds.
     Data:
       mean_max        a feature mean with |mean| above this: unnormalised (20); the same
                       limits apply to regression targets (UNNORMALIZED_TARGETS).
