@@ -237,8 +237,11 @@ class Sequential(LayerStack):
             print_fn(text)
         return text
 
-    def trace(self, x, print_fn=print):
-        """Per-layer table of one batch: shape, dtype, min, max, mean, std, NaN/Inf count."""
+    def trace(self, x, print_fn=None):
+        """Per-layer table of one batch: shape, dtype, min, max, mean, std, NaN/Inf count.
+
+        Returns the rows as a table that shows itself (in a REPL, or with ``print``);
+        ``print_fn=print`` prints it as well."""
         return _tool("trace")(self, x, print_fn=print_fn)
 
     def profile(self, X, y, steps: int = 20, print_fn=print):
