@@ -185,6 +185,7 @@ class TrainingLoop:
             model.stop_training = False
             model.skip_step = False
             cbs.on_train_begin()
+            model.optimizer.check_dtype()      # float16 Adam without a loss scaler: after the doctor's first look
             for epoch in range(self.start_epoch, self.epochs):
                 self.epoch = epoch
                 cbs.on_epoch_begin(epoch)
@@ -303,7 +304,6 @@ def fit(model, X, y, epochs: int = 1, batch_size: int = 32, validation_data=None
             arguments.check_split(validation_split, len(X), validation_data)
             X, y, validation_data = split_validation(X, y, validation_split, validation_data)
             validation_data = arguments.prepared_validation_data(model, validation_data)
-            model.optimizer.check_dtype()                  # float16 Adam without a loss scaler
             memory.require_memory(model, min(batch_size, len(X)), "fit")
             return loop.run(X, y, validation_data)
     finally:
