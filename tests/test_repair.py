@@ -319,3 +319,29 @@ def test_repairing_a_repaired_model_keeps_its_preprocessor_in_front():
     Xt = scaler.transform(X[:-80])
     assert np.allclose(Xt.mean(axis=0), 0, atol=0.05) and np.allclose(Xt.std(axis=0), 1, atol=0.05)
     assert again.model.evaluate(X[-80:], y[-80:])["accuracy"] > 0.9
+
+
+def test_standardised_targets_are_folded_back_into_the_output_layer_exactly():
+    from bpnet.doctor.attempt import fold_target_scale
+    rng = np.random.default_rng(0)
+    m = model_of([Dense(4, init="he_normal"), ReLU(), Dense(2)], loss="mse")
+    m.build((3,))
+    X = rng.normal(size=(5, 3)).astype(np.float32)
+    before = m.predict(X)
+    mu, sd = np.array([3e5, -2.0], np.float32), np.array([1e5, 0.5], np.float32)
+    fold_target_scale(m, mu, sd)
+    assert np.allclose(m.predict(X), before * sd + mu, rtol=1e-5)
+    r = recipe_of([Dense(4), ReLU(), Dense(1)], loss="mse")
+    assert "folds them back" in apply("standardise regression targets", r) and r.target_scale
+
+
+def test_repair_standardises_regression_targets_in_the_hundreds_of_thousands():
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(400, 3)).astype(np.float32)
+    y = (3e5 + 1e5 * (X @ np.array([1.0, -0.5, 0.2]))).astype(np.float32).reshape(-1, 1)
+    m = model_of([Dense(16, init="he_normal"), ReLU(), Dense(1)], loss="mse", opt=SGD(lr=0.05))
+    rep = repair(m, X, y, epochs=10, verbose=0)
+    assert not math.isfinite(rep.attempts[0].metric)               # raw targets: the loss overflows
+    assert "standardise regression targets" in rep.remedies and rep.fixed
+    pred = rep.model.predict(X[-80:])
+    assert np.sqrt(np.mean((pred - y[-80:]) ** 2)) < 0.2 * y.std()    # raw targets out, within 20% of their spread

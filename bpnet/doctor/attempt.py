@@ -72,6 +72,25 @@ class Data:
         return X, y, Xv, yv, scaler, report
 
 
+def target_stats(y):
+    """Per-column mean and standard deviation of regression targets (the training split's)."""
+    y = np.asarray(y, dtype=np.float64).reshape(len(y), -1)
+    sd = y.std(axis=0)
+    return y.mean(axis=0).astype(np.float32), np.where(sd > 0, sd, 1.0).astype(np.float32)
+
+
+def fold_target_scale(model, mu, sd):
+    """A model trained on (y - μ)/σ, made to predict y: the last Dense layer's
+    z = h W + b becomes z σ + μ = h (W σ) + (b σ + μ), exactly."""
+    last = model.layers[-1]
+    bk = model.backend
+    last.params["W"][...] = last.params["W"] * bk.asarray(sd, dtype=last.params["W"].dtype)
+    last.params["b"][...] = last.params["b"] * bk.asarray(sd, dtype=last.params["b"].dtype) + \
+        bk.asarray(mu, dtype=last.params["b"].dtype)
+    if model.loss_scaler is not None:
+        model.loss_scaler.sync_from_model()
+
+
 def compose(first, second):
     """One affine scaler doing ``first`` then ``second``: ((x - c1)/s1 - c2)/s2 = (x - (c1 + c2 s1)) / (s1 s2)."""
     from ..data import Standardizer
@@ -234,14 +253,18 @@ def train_attempt(recipe, data: Data, user_callbacks=(), number: int = 0, restar
     cbs = [Monitor(every=max(1, steps // 100)), *recipe.make_callbacks(), *user_callbacks, best, TerminateOnNaN()]
     start = time.perf_counter()
     error = None
+    target = target_stats(y) if recipe.target_scale else None
+    y_fit, yv_fit = (y, yv) if target is None else ((y - target[0]) / target[1], (yv - target[0]) / target[1])
     with np.errstate(all="ignore"):
         try:
-            history = model.fit(X, y, epochs=recipe.epochs, batch_size=recipe.batch_size,
-                                validation_data=(Xv, yv), callbacks=cbs, verbose=0)
+            history = model.fit(X, y_fit, epochs=recipe.epochs, batch_size=recipe.batch_size,
+                                validation_data=(Xv, yv_fit), callbacks=cbs, verbose=0)
         except BpnetError as err:            # e.g. fit refuses non-finite data up front
             history, error = model.history or History(), f"{type(err).__name__}: {err}"
         seconds = time.perf_counter() - start
-        findings = _diagnose(model, history, X, y, Xv, yv)
+        findings = _diagnose(model, history, X, y_fit, Xv, yv_fit)
+        if target is not None:
+            fold_target_scale(model, *target)
         name, metric, val_loss = score_model(model, Xv, yv, data.class_ids)
     att = Attempt(number, findings, name, metric, val_loss, seconds, history=history, model=model, scaler=scaler,
                   restart=where, data_report=report, error=error, val=(Xv, yv))

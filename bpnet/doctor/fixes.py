@@ -384,6 +384,18 @@ def _standardized(X) -> bool:
     return bool(np.all(np.abs(mean) < 1.0) and np.all((std > 0.2) & (std < 5.0)))
 
 
+def standardize_targets(recipe, finding, ctx):
+    """Regression targets far from unit scale: train on (y - μ)/σ (training statistics); the last
+    Dense layer then takes σ and μ into its weights, so the model predicts y itself."""
+    if recipe.target_scale or recipe.loss.kind != "regression" or type(recipe.layers[-1]).__name__ != "Dense":
+        return None
+    recipe.target_scale = True
+    recipe.data_steps.append(DataStep("target_scale", "mu, sd = y_train.mean(0), y_train.std(0); y_train = "
+                                      "(y_train - mu) / sd  # then W *= sd, b = b * sd + mu in the last Dense",
+                                      train_only=False))
+    return "standardise the targets on the training split; the output layer folds them back (W·σ, b·σ + μ)"
+
+
 def batch_that_fits(recipe, finding, ctx):
     fit = finding.evidence.get("max_batch_size")
     if not fit or fit >= recipe.batch_size:

@@ -146,6 +146,7 @@ class Recipe:
     scaler: str | None = None                           # "Standardizer" when inputs are standardised
     label_map: str | None = None                        # "int", "unique" or "binary" (see attempt.map_labels)
     label_classes: tuple | None = None                  # the training labels' values, for "unique"/"binary"
+    target_scale: bool = False                          # train on standardised targets, fold back into the output
 
     @classmethod
     def from_model(cls, model, epochs: int, batch_size: int) -> "Recipe":

@@ -24,7 +24,8 @@ from . import fixes as X
 
 # AUTOTRAINER's order: data, output/loss, gradients, learning rate and convergence.
 PRIORITY = {
-    F.MEMORY_BUDGET: 0.0, F.NONFINITE_DATA: 0.1, F.LABEL_FORMAT: 0.2, F.UNNORMALIZED_INPUTS: 0.3, F.OUTLIERS: 0.4,
+    F.MEMORY_BUDGET: 0.0, F.NONFINITE_DATA: 0.1, F.LABEL_FORMAT: 0.2, F.UNNORMALIZED_INPUTS: 0.3,
+    "UNNORMALIZED_TARGETS": 0.35, F.OUTLIERS: 0.4,
     F.CLASS_IMBALANCE: 0.5,
     "EPS_UNDERFLOW": 0.05, F.DOUBLE_SOFTMAX: 1.0, F.OUTPUT_LOSS_MISMATCH: 1.1, F.NONFINITE_LOSS: 1.2,
     F.SYMMETRIC_WEIGHTS: 2.0, F.EXPLODING_GRADIENTS: 2.1, F.EXPLODING_THROUGH_TIME: 2.2, F.VANISHING_GRADIENTS: 2.3,
@@ -87,6 +88,7 @@ def _table() -> dict:
                      Remedy("clip outliers", X.data_step(
                          "clip_outliers", "X_train = clip_outliers(X_train, z=10)  # training split only", z=10.0))],
         F.UNNORMALIZED_INPUTS: [standardize],
+        "UNNORMALIZED_TARGETS": [Remedy("standardise regression targets", X.standardize_targets)],
         F.CLASS_IMBALANCE: [Remedy("class weights", X.class_weights(False), settles=(F.CLASS_IMBALANCE,)),
                             Remedy("focal loss", X.class_weights(True), settles=(F.CLASS_IMBALANCE,))],
         F.DOUBLE_SOFTMAX: [Remedy("remove the double softmax", X.remove_last(("Softmax",)))],

@@ -68,14 +68,15 @@ class RepairReport:
     @property
     def changes(self) -> list[str]:
         """The changes behind the returned model, in order."""
-        return [a.change for a in self._chain()]
+        return [a.change for a in self.chain]
 
     @property
     def remedies(self) -> list[str]:
         """The names of the remedies behind the returned model, in order."""
-        return [a.remedy for a in self._chain()]
+        return [a.remedy for a in self.chain]
 
-    def _chain(self) -> list:
+    @property
+    def chain(self) -> list:
         """The attempts from the broken run to the returned one (each changed its parent's recipe)."""
         a = next((a for a in self.attempts if a.chosen), None)
         chain = []
@@ -166,9 +167,9 @@ def repair(model, X, y, epochs, batch_size=32, validation_data=None, validation_
     limit = DEFAULT_ATTEMPTS if max_attempts is None else int(max_attempts)
     while len(attempts) - 1 < limit:
         if current is not broken and current.quiet:
-            if _fixed(current, broken):
+            if _fixed(current, attempts):
                 break
-            _undo(current, undone, "the doctor is quiet but the run is no better than the broken one")
+            _undo(current, undone, "the doctor is quiet but the run is no better than the best so far")
             current = current.parent
             current_recipe = current.recipe or recipe
             continue
@@ -188,10 +189,10 @@ def repair(model, X, y, epochs, batch_size=32, validation_data=None, validation_
         att.settled = current.settled | frozenset(remedy.settles)
         if _better(att, current):
             att.kept = True
-            att.verdict = "fixed" if _fixed(att, broken) else "better, kept"
-        elif not att.has(finding) and att.score >= current.score - _tolerance(current):
-            att.kept = True                        # it removed its problem and uncovered the next one
-            att.verdict = "fixed" if _fixed(att, broken) else "problem gone, kept to fix what it uncovered"
+            att.verdict = "fixed" if _fixed(att, attempts + [att]) else "better, kept"
+        elif not att.has(finding) and (R.stage(finding) < 1 or att.score >= current.score - _tolerance(current)):
+            att.kept = True       # it removed its problem (a data fault always stays fixed) and uncovered the next
+            att.verdict = "fixed" if _fixed(att, attempts + [att]) else "problem gone, kept to fix what it uncovered"
         else:
             _undo(att, undone, "no better")
         if att.kept:
@@ -212,14 +213,18 @@ def _undo(att, undone, why):
     att.verdict = f"{why}, undone" if not att.verdict else f"{att.verdict}; then undone ({why})"
 
 
-def _fixed(a, broken) -> bool:
-    """The doctor is quiet and the run beats the broken one, or matches a broken run that
-    already scored perfectly (a fault that did not hurt on this data)."""
-    if not a.quiet:
+def _fixed(a, attempts) -> bool:
+    """The doctor is quiet, the run beats the broken one (or matches a broken run that already
+    scored perfectly: a fault that did not hurt on this data), and it is not worse than the best
+    run kept so far (a quiet doctor is no excuse for a lost point of accuracy)."""
+    broken = attempts[0]
+    if a is broken or not a.quiet:
         return False
-    b_metric = broken.metric
-    at_ceiling = a.metric_name != "val_loss" and math.isfinite(b_metric) and b_metric >= 0.999
-    return _better(a, broken) or (at_ceiling and a.metric >= b_metric - 0.005)
+    at_ceiling = a.metric_name != "val_loss" and math.isfinite(broken.metric) and broken.metric >= 0.999
+    if not (_better(a, broken) or (at_ceiling and a.metric >= broken.metric - 0.005)):
+        return False
+    peak = max((x for x in attempts if x is broken or x.kept), key=lambda x: x.score)
+    return a.score >= peak.score - _tolerance(peak)
 
 
 def _better(a, b) -> bool:
@@ -248,7 +253,7 @@ def _best(attempts):
     """The attempt to hand back: a fixed one (quiet, better than the broken run) if any, the best score."""
     broken = attempts[0]
     kept = [a for a in attempts[1:] if a.kept]
-    return max([broken] + kept, key=lambda a: (a is not broken and _fixed(a, broken), a.score))
+    return max([broken] + kept, key=lambda a: (_fixed(a, attempts), a.score))
 
 
 def _broken_attempt(model, recipe, data, user_cbs, baseline):
@@ -307,7 +312,7 @@ def _report(model, attempts, best, original, final, bug, start, chooser, user_pr
         if scaler is not None:
             out_model.preprocessor, out_model.apply_preprocessor = scaler, True
     healthy = len(attempts) == 1 and attempts[0].quiet          # nothing to repair
-    fixed = bug is None and (healthy or (best is not attempts[0] and _fixed(best, attempts[0])))
+    fixed = bug is None and (healthy or _fixed(best, attempts))
     return RepairReport(model=out_model, fixed=bool(fixed), attempts=attempts, history=best.history,
                         original=original, final=final, bug=bug, seconds=time.perf_counter() - start,
                         chooser=chooser)

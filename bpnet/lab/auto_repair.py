@@ -40,7 +40,7 @@ class AutoRepair:
         if rep.bug is not None:
             what = f"named the bug instead of repairing: {rep.bug.evidence.get('class') or rep.bug.code}"
         else:
-            chose = "; ".join(f"{a.remedy} ({a.change})" for a in rep.attempts[1:] if a.kept) or "nothing"
+            chose = "; ".join(f"{a.remedy} ({a.change})" for a in rep.chain) or "nothing"
             what = f"chose {chose}"
         bars = ", ".join(f"{b} (got {_fmt(self.values.get(b.key))})" for b in self.bars) or "none measurable"
         n = len(rep.attempts) - 1
