@@ -247,8 +247,9 @@ def _add_train_arguments(p):
                    help="fraction held out for the test score")
     p.add_argument("--val-split", type=types.fraction(low_inclusive=True), default=0.1,
                    help="fraction of the training split used for validation (0: none)")
-    p.add_argument("--backend", default=None, choices=("numpy", "numba", "cupy"),
-                   help="array backend (default: $BPNET_BACKEND, else numba when installed)")
+    p.add_argument("--backend", default=None, choices=("numpy", "numba", "cupy", "auto"),
+                   help="array backend (default: $BPNET_BACKEND, else auto: NumPy, and Numba for a run "
+                        "long enough to repay loading it)")
     p.add_argument("--doctor", action="store_true", help="monitor the run and print the diagnosis")
     p.add_argument("--detect-anomaly", action="store_true", help="stop at the first NaN/Inf, naming the layer")
     p.add_argument("--repair", action="store_true",

@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import state
-from .backends import get_backend
+from .backends import default_backend_name, get_backend, numba_pays
 from .errors import ConfigError, NotBuiltError, ShapeError
 from .layers.base import BuildContext, Layer, layer_from_config, layer_to_config
 from .layers.fused import fuse_dense_activation
@@ -50,7 +50,9 @@ class LayerStack(Layer):
         self.dtype = np.dtype(dtype)
         if self.dtype.kind != "f":
             raise ConfigError(f"dtype={dtype!r}: use 'float32', 'float64' or 'float16'")
-        self.backend = get_backend(backend)
+        # "auto" (the default with Numba installed): NumPy until fit sees a run long enough for Numba
+        self.auto_backend = backend in (None, "auto") and default_backend_name() == "auto"
+        self.backend = get_backend("numpy" if self.auto_backend else backend)
         init_seq, data_seq = np.random.SeedSequence(self.seed).spawn(2)
         self.init_rng = np.random.default_rng(init_seq)
         self.data_rng = np.random.default_rng(data_seq)
@@ -118,6 +120,7 @@ class LayerStack(Layer):
         are unchanged: only where they live and which kernels run.
         """
         new, old = get_backend(backend), self.backend
+        self.auto_backend = False            # an explicit choice
         if new is old:
             return self
         host = {name: old.to_numpy(holder[key]).copy() for name, holder, key in state.array_slots(self)}
@@ -135,6 +138,15 @@ class LayerStack(Layer):
                 if "loss_scaler/master" in host:
                     scaler.master_params[...] = new.asarray(host["loss_scaler/master"])
         return self
+
+    def settle_backend(self, steps: int):
+        """Under ``backend="auto"``: move to Numba if a run of ``steps`` steps repays loading it."""
+        if not self.auto_backend or not self.built:
+            return
+        dense = sum(1 for layer in self.walk() if "W" in layer.params)
+        if numba_pays(dense, self.count_params(), steps):
+            self.to("numba")
+            self.auto_backend = False
 
     def _input_mismatch(self, shape) -> str:
         dims = ", ".join(map(str, self.input_shape))

@@ -143,8 +143,9 @@ def _default_backend() -> tuple[str, str]:
     env = os.environ.get("BPNET_BACKEND", "").strip()
     if env:
         return name, f"BPNET_BACKEND={env} is set"
-    if name == "numba":
-        return name, "Numba is importable (set BPNET_BACKEND to choose another)"
+    if name == "auto":
+        return name, ("Numba is installed: models start on NumPy and move to Numba when fit's run is "
+                      "long enough to repay loading it (set BPNET_BACKEND to choose one)")
     reason = "Numba is not importable" if not _numba_importable() else "fallback"
     return name, f"fallback to the NumPy reference: {reason}"
 

@@ -44,8 +44,9 @@ class Sequential(LayerStack):
     layers : list of layers.
     seed : one seed for everything random (initial weights, shuffling, dropout).
     dtype : "float32" (default) or "float64" (for gradient checks and teaching).
-    backend : "numpy", "numba", "cupy" or None for the default (``$BPNET_BACKEND``,
-        else numba when installed, else numpy).
+    backend : "numpy", "numba", "cupy", "auto", or None for the default (``$BPNET_BACKEND``,
+        else "auto" when Numba is installed, else numpy).  "auto" starts on NumPy and moves
+        to Numba when ``fit`` sees a run long enough to repay loading it.
 
     After ``build`` every parameter is a view into one flat array,
     ``flat_params`` (likewise ``flat_grads``), so an optimizer updates the whole

@@ -305,6 +305,7 @@ def fit(model, X, y, epochs: int = 1, batch_size: int = 32, validation_data=None
             X, y, validation_data = split_validation(X, y, validation_split, validation_data)
             validation_data = arguments.prepared_validation_data(model, validation_data)
             memory.require_memory(model, min(batch_size, len(X)), "fit")
+            model.settle_backend((epochs - initial_epoch) * -(-len(X) // batch_size))
             return loop.run(X, y, validation_data)
     finally:
         for undo in reversed(loop.cleanups):     # plugins applied before the run began

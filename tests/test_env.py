@@ -53,7 +53,7 @@ def test_default_backend_and_reason(monkeypatch):
     info = env.show_versions(print_fn=None)
     from bpnet.backends import default_backend_name
     assert info["default_backend"] == default_backend_name()
-    assert ("importable" in info["default_backend_reason"]) == (info["default_backend"] == "numba")
+    assert ("Numba is installed" in info["default_backend_reason"]) == (info["default_backend"] == "auto")
 
 
 def test_openblas_coretype_is_reported(monkeypatch):

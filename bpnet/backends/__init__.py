@@ -12,31 +12,48 @@ array namespace) and the backend's kernel methods.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 
 from ..errors import BackendError
 from .base import Backend
 from .numpy_backend import NumpyBackend
 
-__all__ = ["Backend", "NumpyBackend", "get_backend", "default_backend_name", "available_backends"]
+__all__ = ["Backend", "NumpyBackend", "get_backend", "default_backend_name", "available_backends", "numba_pays"]
 
 _INSTANCES: dict = {}
 
 
 def _numba_importable() -> bool:
-    try:
-        import numba  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """Whether Numba is installed (found, not imported: importing it costs half a second)."""
+    return importlib.util.find_spec("numba") is not None
 
 
 def default_backend_name() -> str:
-    """``$BPNET_BACKEND`` if set, else ``"numba"`` when importable, else ``"numpy"``."""
+    """``$BPNET_BACKEND`` if set, else ``"auto"`` when Numba is installed, else ``"numpy"``.
+
+    ``"auto"``: a model starts on NumPy and moves to Numba when ``fit`` sees a
+    run long enough for the fused kernels to repay loading them (:func:`numba_pays`).
+    """
     env = os.environ.get("BPNET_BACKEND", "").strip().lower()
     if env:
         return env
-    return "numba" if _numba_importable() else "numpy"
+    return "auto" if _numba_importable() else "numpy"
+
+
+# The break-even of the "auto" choice.  Loading Numba and its cached kernels costs a new process
+# about a second (NUMBA_LOAD_S, bench_train's start-up figures); each training step then saves
+# the per-call overhead of the unfused NumPy pieces (about SAVED_PER_LAYER_S per Dense layer) and
+# the extra memory passes of the unfused optimizer update (about SAVED_PER_PARAM_S per parameter).
+NUMBA_LOAD_S = 1.0
+SAVED_PER_LAYER_S = 15e-6
+SAVED_PER_PARAM_S = 5e-9
+
+
+def numba_pays(dense_layers: int, params: int, steps: int) -> bool:
+    """True when a run of ``steps`` steps saves more on Numba than loading Numba costs."""
+    saved = steps * (dense_layers * SAVED_PER_LAYER_S + params * SAVED_PER_PARAM_S)
+    return _numba_importable() and saved > NUMBA_LOAD_S
 
 
 def available_backends() -> list[str]:
@@ -56,10 +73,13 @@ def get_backend(name=None):
     """Return the (shared) backend object called ``name``.
 
     ``name`` may be a backend instance (returned unchanged), a string, or
-    ``None`` for :func:`default_backend_name`.
+    ``None`` for :func:`default_backend_name`; ``"auto"`` gives the NumPy
+    backend a model starts on (the model itself decides later).
     """
     if name is None:
         name = default_backend_name()
+    if name == "auto":
+        name = "numpy"
     if not isinstance(name, str):
         return name
     key = name.lower()

@@ -21,11 +21,6 @@ import numpy as np
 from ..errors import LabelError, ShapeError
 
 
-#: Activation layer classes by their ``kind``, filled as they are defined; read
-#: only by the deprecated ``NumpyBackend.act_forward(kind, ...)``.
-ACTIVATIONS_BY_KIND: dict = {}
-
-
 class AdamCoefficients(NamedTuple):
     """The per-step scalars of Adam, computed once in Python floats.
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import ACTIVATIONS_BY_KIND, Backend
+from .base import Backend
 
 
 class NumpyBackend(Backend):
@@ -34,13 +34,6 @@ class NumpyBackend(Backend):
         """dz = dy ⊙ f'(z) by the layer's own code, ``act.dz`` (f' written from y = f(z))."""
         d = act.dz(self.xp, y, dy)
         return d if out is None else _assign(out, d)
-
-    def act_forward(self, kind, z, alpha=0.0):
-        """Deprecated: ``activation_forward`` for the activation layer class whose
-        ``kind`` is ``kind``.  Kept only until the last caller passes the layer."""
-        act = ACTIVATIONS_BY_KIND[kind]()
-        act.alpha = float(alpha)
-        return self.activation_forward(act, z)
 
     # -- softmax cross-entropy (forward and backward in one pass) ---------------
     def log_softmax(self, z):

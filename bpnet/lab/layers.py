@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..layers.activations import Sigmoid
 from ..layers.base import Layer
 from ..layers.softmax import Softmax
 from ..losses import BCEWithLogits, _Categorical
+
+_SIGMOID = Sigmoid()      # the correct forward, borrowed
 
 
 class NaiveSoftmax(Softmax):
@@ -91,7 +94,7 @@ class WrongSigmoid(Layer):
 
     def forward(self, x, training=False):
         self._ensure_built(x)
-        self.y = self.backend.act_forward("sigmoid", x)
+        self.y = self.backend.activation_forward(_SIGMOID, x)
         return self.y
 
     def backward(self, dy):

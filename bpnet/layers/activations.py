@@ -28,7 +28,6 @@ kernel instead when the class names one by its ``code`` (the table in
 """
 from __future__ import annotations
 
-from ..backends.base import ACTIVATIONS_BY_KIND
 from ..errors import ConfigError
 from ..kernels.activation_codes import ACT_CODES
 from .base import Layer
@@ -61,7 +60,6 @@ class Activation(Layer):
         if "f" in own or "dz" in own:           # maths of its own: its own name, no kernel
             cls.kind = own.get("kind", cls.__name__.lower())
             cls.code = own.get("code")
-        ACTIVATIONS_BY_KIND.setdefault(cls.kind, cls)
 
     def __init__(self, name: str | None = None):
         super().__init__(name)
