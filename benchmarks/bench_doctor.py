@@ -16,7 +16,10 @@ CPU time of the process per fit; and the corpus's own time with and without the 
 where the doctor's fixed cost -- data checks, gradient checks of user code --
 weighs most).
 
-    python benchmarks/bench_doctor.py [--part all|tune|held_out] [--cases] [--repeats 5] [--no-overhead]
+``--seed N`` re-seeds every case's model (other initial weights and
+shuffling): the same faults on runs the rules were not tuned on.
+
+    python benchmarks/bench_doctor.py [--part all|tune|held_out] [--cases] [--seed N] [--repeats 5] [--no-overhead]
 """
 from __future__ import annotations
 
@@ -112,6 +115,8 @@ def main(argv=None):
     ap.add_argument("--cases", action="store_true", help="print one line per case with its findings")
     ap.add_argument("--repeats", type=int, default=5, help="repeats of the overhead measurement")
     ap.add_argument("--no-overhead", action="store_true", help="skip the overhead measurements")
+    ap.add_argument("--seed", type=int, default=None,
+                    help="re-seed every case's model (other initial weights and shuffling; default: as written)")
     args = ap.parse_args(argv)
     try:
         from threadpoolctl import threadpool_limits
@@ -120,8 +125,9 @@ def main(argv=None):
         pass
     t0 = time.perf_counter()
     outcomes = corpus.run_all(args.part, progress=(lambda o: print(case_line(o), flush=True))
-                              if args.cases else None)
-    print(f"corpus ({args.part}): {len(outcomes)} runs in {time.perf_counter() - t0:.1f} s\n")
+                              if args.cases else None, seed=args.seed)
+    seeded = "" if args.seed is None else f", models re-seeded with {args.seed}"
+    print(f"corpus ({args.part}{seeded}): {len(outcomes)} runs in {time.perf_counter() - t0:.1f} s\n")
     print(table(f"Corpus, {args.part}", corpus.score(outcomes)))
     if args.part == "all":
         held = [o for o in outcomes if o.case.held_out]

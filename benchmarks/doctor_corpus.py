@@ -258,10 +258,21 @@ class KeepOldGradients(Callback):
 
 
 # == running and scoring =================================================================
-def run_case(case: Case, doctor: bool = True):
-    """Train ``case`` (with the doctor unless ``doctor=False``); returns (findings, seconds, error)."""
+def reseed(model, seed: int):
+    """Give ``model`` the random streams of ``Sequential(..., seed=seed)`` (before it is built): the
+    same case with other initial weights, shuffling and dropout masks."""
+    model.seed = int(seed)
+    init_seq, data_seq = np.random.SeedSequence(model.seed).spawn(2)
+    model.init_rng, model.data_rng = np.random.default_rng(init_seq), np.random.default_rng(data_seq)
+
+
+def run_case(case: Case, doctor: bool = True, seed: int | None = None):
+    """Train ``case`` (with the doctor unless ``doctor=False``; with the model's seed replaced by
+    ``seed`` if given); returns (findings, seconds, error)."""
     from bpnet.doctor import Doctor
     s = case.build()
+    if seed is not None:
+        reseed(s["model"], seed)
     doc = Doctor(print_fn=None) if doctor else False
     err = None
     t0 = time.perf_counter()
@@ -306,10 +317,10 @@ class Outcome:
         return not self.case.healthy and bool(self.codes) and self.codes[0] in self.case.expected
 
 
-def run_all(part: str = "all", progress=None) -> list[Outcome]:
+def run_all(part: str = "all", progress=None, seed: int | None = None) -> list[Outcome]:
     out = []
     for c in cases(part):
-        findings, seconds, err = run_case(c)
+        findings, seconds, err = run_case(c, seed=seed)
         out.append(Outcome(c, findings, seconds, err))
         if progress:
             progress(out[-1])

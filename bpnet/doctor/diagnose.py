@@ -51,6 +51,7 @@ from .through_time import diagnose as _through_time
 
 _LAYER_KEY = re.compile(r"^\d+(\.\d+)*$")
 _BLOCK = 5          # per-step losses are averaged in blocks of this many records
+_MIN_ROWS_FOR_DEATH = 8     # a partly dead layer is judged only on batches of at least this many samples
 
 
 def diagnose(history, model=None, thresholds: Thresholds | None = None, static: bool = True) -> list[Finding]:
@@ -270,15 +271,21 @@ def _gradients(run):
 def _activations(run):
     t = run.t
     out = []
+    rows = run.recent("batch_rows")
+    few = rows is not None and rows < _MIN_ROWS_FOR_DEATH
     for path in run.keys("dead_frac/"):
         frac = run.recent(f"dead_frac/{path}")
         if frac is not None and frac >= t.dead_frac:
+            # off for every sample of a batch of 1 or 2 is what half the units of a healthy net are
+            severity = "error" if frac >= 0.99 else ("info" if few else "warning")
+            note = (f" (batches of {rows:.0f} samples: too few to tell a dead unit from one that is just off "
+                    "for these inputs)" if few and severity == "info" else "")
             out.append(Finding(
-                F.DYING_RELU, "error" if frac >= 0.99 else "warning",
+                F.DYING_RELU, severity,
                 f"{frac:.0%} of the ReLU units in {run.where(path)} are dead: they output 0 for every "
-                "sample of a batch, so they pass no gradient and cannot recover.",
+                f"sample of a batch, so they pass no gradient and cannot recover{note}.",
                 evidence={"layer": path, "dead_frac": frac, "limit": t.dead_frac,
-                          "act_mean": run.recent(f"act_mean/{path}")},
+                          "act_mean": run.recent(f"act_mean/{path}"), "batch_rows": rows},
                 remedy="lower the learning rate, initialise with init='he_normal' and zero bias, or use "
                        "LeakyReLU / ELU, which keep a gradient for negative inputs.",
                 where=f"layer {path}"))
@@ -363,6 +370,9 @@ def _step_multiplier(run):
     if type(opt).__name__ != "SGD" or getattr(opt, "weight_decay", 0.0):
         return []
     limit = t.step_growth / (1.0 - getattr(opt, "momentum", 0.0))
+    lrs = [v for v in run.h.history.get("lr", []) if _finite(v) and v > 0]
+    if lrs and opt.lr > 0:                  # momentum still carries steps taken at a larger, earlier lr
+        limit *= max(lrs) / min(lrs[-1], float(opt.lr))
     names = list(_weight_ratios(run, "update_ratio/"))
     per_record = []
     for r in run.finite_steps:
@@ -402,6 +412,9 @@ def _update_direction(run):
     limit = t.ascent_cos if plain_sgd or opt is None else max(t.ascent_cos, 0.5)
     if not med > limit:
         return []
+    out = Outcome(run)
+    if not plain_sgd and not out.final > 1.05 * out.initial:
+        return []       # a lagging step's cosine is only evidence when the loss went up, too
     return [Finding(
         F.GRADIENT_ASCENT, "error",
         f"the updates move the weights along the gradient, uphill: the cosine between each update and "

@@ -4,8 +4,9 @@
   quarter of what the run has learnt, or ends above where it started; or
   the first updates were many times the weights' size and the run then
   stalled (the learning rate wrecked the weights at once).
-* LR_TOO_LOW / PLATEAU -- the loss is flat; only a warning when the run has
-  not learnt much (its loss is still above half the initial loss).
+* LR_TOO_LOW / PLATEAU -- the loss is flat; only a warning when the run is
+  stuck (it removed under a tenth of the initial loss, or a classifier's
+  training accuracy is at chance).
 * OVERFITTING -- validation loss rising while training loss falls, by more
   than the validation loss's own noise and by a real share of what was
   learnt; when a validation accuracy is recorded and it holds at its best
@@ -13,7 +14,8 @@
   accuracy's granularity 1/n), the run is overconfident, not worse: info.
 
 "Learnt well" (:meth:`Outcome.learnt_well`): the final loss is below half the
-initial loss (the first recorded step's loss, else the first epoch's).
+initial loss (the first recorded step's loss, else the first epoch's) and a
+classifier's training accuracy is at least halfway from chance to 1.
 """
 from __future__ import annotations
 
@@ -55,11 +57,19 @@ class Outcome:
         return 1.0 - self.final / self.initial
 
     def learnt_well(self) -> bool:
-        return self.learnt > 0.5
+        """Half the initial loss removed and, for a classifier, a training accuracy at least halfway
+        from chance to 1 (an absurd initial loss makes the first test easy)."""
+        if self.learnt <= 0.5:
+            return False
+        acc = [a for a in self.history.get("accuracy", []) if _finite(a)]
+        if not acc or self.classes < 2:
+            return True
+        chance = 1.0 / self.classes
+        return float(np.mean(acc[-3:])) >= chance + 0.5 * (1 - chance)
 
-    def stalled(self) -> bool:
-        """Learnt (almost) nothing: a quarter of the loss or less, or a training accuracy at chance."""
-        if self.learnt < 0.25:
+    def stalled(self, share: float = 0.25) -> bool:
+        """Learnt (almost) nothing: ``share`` of the loss or less, or a training accuracy at chance."""
+        if self.learnt < share:
             return True
         acc = [a for a in self.history.get("accuracy", []) if _finite(a)]
         if not acc or self.classes < 2:
@@ -101,14 +111,14 @@ def _too_high(run, s, unit, out, lr):
     floor = max(t.noise_floor * abs(s[0]), 0.25 * progress)
     rising = len(tail) == k + 1 and all(b > a for a, b in zip(tail, tail[1:])) and tail[-1] - tail[0] > floor
     rise = (tail[-1] - tail[0]) / abs(tail[0]) if rising and tail[0] != 0 else 0.0
-    swings, last_sign = 0, 0
-    for a, b in zip(s, s[1:]):
+    swings, last_sign, last_swing = 0, 0, -1
+    for i, (a, b) in enumerate(zip(s, s[1:])):
         base = min(abs(a), abs(b))
         if base > 0 and abs(b - a) / base > t.swing_rel and abs(b - a) > floor:
             sign = 1 if b > a else -1
             if sign != last_sign:
                 swings += 1
-            last_sign = sign
+            last_sign, last_swing = sign, i + 1
     diverged = _finite(out.initial) and out.final > out.initial * 1.05 and s[-1] > s[0]
     peak = max(s)
     blew_up = _finite(out.initial) and out.initial > 0 and peak > 10 * out.initial and not _exploding_at_init(run)
@@ -126,8 +136,13 @@ def _too_high(run, s, unit, out, lr):
         why = (f"the loss shot up to {peak:.4g}, {peak / out.initial:.3g} times its initial value "
                f"{out.initial:.4g} ({unit} {s.index(peak)}), before coming down to {out.final:.4g}")
     severe = rise > 1.0 or diverged or (blew_up and not out.learnt_well())
+    # swings only in the first half of a run that then learnt well: gone by the end
+    settled = (swings >= t.swing_count and not (rise > t.rise_rel or diverged or blew_up)
+               and last_swing < len(s) / 2 and out.learnt_well())
+    if settled:
+        why += f", all in the first half of the run (the last at {unit} {last_swing}); it settled afterwards"
     return [Finding(
-        F.LR_TOO_HIGH, "error" if severe else "warning",
+        F.LR_TOO_HIGH, "error" if severe else ("info" if settled else "warning"),
         f"the learning rate looks too high: {why}; the steps overshoot the minimum.",
         evidence={"losses": [float(v) for v in s[-12:]], "unit": unit, "rise": rise, "swings": swings,
                   "swing_floor": floor, "initial_loss": out.initial, "final_loss": out.final, "lr": lr},
@@ -142,14 +157,19 @@ def _wrecked_at_start(run, out, lr):
     first = run.finite_steps[:t.recent] or run.steps[:t.recent]
     ratios = [v for r in first for k, v in r.items() if k.startswith("update_ratio/") and k.endswith(".W")
               and _finite(v)]
-    if not ratios or max(ratios) < 5 * t.step_high or out.learnt_well() or _exploding_at_init(run):
+    if not ratios or max(ratios) < 5 * t.step_high or _exploding_at_init(run):
         return []
     big = max(ratios)
+    if out.learnt_well() and big < 50 * t.step_high:
+        return []               # a rough start the run recovered from; 5x the weights' size is not rough
+    recovered = out.learnt_well()
     return [Finding(
-        F.LR_TOO_HIGH, "error",
+        F.LR_TOO_HIGH, "warning" if recovered else "error",
         f"the learning rate looks too high: the first updates changed a weight matrix by {big:.3g} times its "
-        f"own size (healthy is ~1e-3), and the run never recovered (loss {out.initial:.4g} -> {out.final:.4g}); "
-        "steps that large throw the initial weights away and can kill units for good.",
+        f"own size (healthy is ~1e-3), and the run "
+        f"{'learnt afterwards, but from thrown-away weights' if recovered else 'never recovered'} (loss "
+        f"{out.initial:.4g} -> {out.final:.4g}); steps that large throw the initial weights away and can "
+        "kill units for good.",
         evidence={"max_early_update_ratio": big, "initial_loss": out.initial, "final_loss": out.final, "lr": lr},
         remedy="divide the learning rate by 10 (Adam: 1e-3; SGD: 0.01-0.1 for standardised inputs), or "
                "warm it up (LinearWarmup).")]
@@ -171,9 +191,14 @@ def _flat(run, s, unit, out, lr):
     w = t.plateau_window
     ref, best = s[-w - 1], min(s[-w:])
     improvement = (ref - best) / abs(ref) if ref != 0 else 0.0
-    if not (improvement < t.plateau_rel and s[-1] > max(t.converged_loss, t.converged_rel * abs(s[0]))):
+    # a gain no larger than the curve's own jitter is no gain: the best of w noisy points lies
+    # about 2 sigma below their mean by chance alone
+    noisy = ref - best <= 2 * _noise(s[-(w + 1):] if len(s) > w + 4 else s) and out.stalled()
+    if not ((improvement < t.plateau_rel or noisy) and
+            s[-1] > max(t.converged_loss, t.converged_rel * abs(s[0]))):
         return []
-    severity = "info" if out.learnt_well() else "warning"
+    # flat after some progress may be the data's noise floor (a linear model on diabetes removes 25%)
+    severity = "warning" if out.stalled(share=0.1) else "info"
     ratios = run.update_ratios()
     med = float(np.median(list(ratios.values()))) if ratios else None
     ev = {"losses": [float(v) for v in s[-(w + 1):]], "unit": unit, "improvement": improvement,
@@ -193,7 +218,7 @@ def _flat(run, s, unit, out, lr):
         f"(improvement {improvement:.2%}) although the weights still move"
         f"{f' ({med:.2g} of their size per step)' if med is not None else ''}"
         + (f"; the run did learn ({out.learnt:.0%} of the initial loss removed), so it may simply have "
-           "converged" if severity == "info" else "") + ".",
+           "converged (as far as this model and data allow)" if severity == "info" else "") + ".",
         evidence=ev,
         remedy="the model may be stuck (saddle, dead units) or too small: try a learning-rate "
                "schedule (ReduceLROnPlateau), a bigger model, or check the other findings.")]
@@ -206,9 +231,12 @@ def _accuracy_holds(hist):
         return None, {}
     steps = np.diff(np.unique(np.round(acc, 9)))
     n = round(1.0 / steps.min()) if len(steps) and steps.min() > 0 else 1000
-    best, final = max(acc), float(np.mean(acc[-3:]))
+    # the best of a 3-epoch running mean (a single epoch's peak is the noise's maximum), against the
+    # mean of the last 3; the difference of two such estimates has about √2 times one's binomial σ
+    best = float(np.max(np.convolve(acc, np.ones(3) / 3, mode="valid")))
+    final = float(np.mean(acc[-3:]))
     sigma = math.sqrt(max(best * (1 - best), 1.0 / n) / max(n, 1))
-    margin = max(2 * sigma, 2.0 / max(n, 1))
+    margin = max(2 * math.sqrt(2) * sigma, 3 * _noise(acc), 2.0 / max(n, 1))
     return best - final <= margin, {"best_val_accuracy": best, "final_val_accuracy": final,
                                     "val_size_estimate": int(n), "accuracy_margin": margin}
 
@@ -227,7 +255,9 @@ def overfitting(run) -> list:
     learnt = max(finite[0] - best, 0.0)
     rise = val[-1] - best
     rising = float(np.mean(tail[1:])) > float(np.mean(val[max(best_epoch - 1, 0):best_epoch + 2])) + noise
-    if not (rising and tr[-1] < tr[best_epoch] and rise > best * t.overfit_rise and rise > 2 * noise
+    # the training loss must really have kept falling since the best epoch, by more than its jitter
+    still_learning = tr[best_epoch] - tr[-1] > 2 * _noise(tr)
+    if not (rising and still_learning and rise > best * t.overfit_rise and rise > 2 * noise
             and rise > 0.1 * learnt and len(val) - 1 - best_epoch >= k):
         return []
     holds, acc_ev = _accuracy_holds(run.h.history)

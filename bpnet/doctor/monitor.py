@@ -25,6 +25,7 @@ and ``<l>`` a layer path such as ``"1"`` (see ``model.parameters()``):
 ``act_std/<l>``
 ``dead_frac/<l>``          ReLU: fraction of units whose output is 0 for every
                            sample of the batch
+``batch_rows``             the number of samples those activation statistics saw
 ``sat_frac/<l>``           Sigmoid/Tanh: fraction of outputs in the flat tails,
                            |z| > 5, read off the output: sigmoid y < σ(-5) or
                            y > σ(5); tanh |y| > tanh(5)
@@ -158,6 +159,7 @@ class Monitor(Callback):
                 if y is None or not isinstance(layer, Activation) or y.size == 0:
                     continue
                 rec.update(activation_stats(layer.kind, y, path))
+                rec.setdefault("batch_rows", int(y.shape[0]))     # what "dead for a whole batch" means
         rec.update(through_time_stats(model))
         return rec
 
