@@ -345,3 +345,17 @@ def test_repair_standardises_regression_targets_in_the_hundreds_of_thousands():
     assert "standardise regression targets" in rep.remedies and rep.fixed
     pred = rep.model.predict(X[-80:])
     assert np.sqrt(np.mean((pred - y[-80:]) ** 2)) < 0.2 * y.std()    # raw targets out, within 20% of their spread
+
+
+def test_example_09_repairs_three_mistakes_at_once(tmp_path):
+    import os
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+    script = Path(__file__).resolve().parents[1] / "examples" / "09_auto_repair.py"
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=300, check=True).stdout
+    assert "repaired: True" in out and "-    Softmax()," in out and "+scaler = Standardizer()" in out
+    assert float(re.search(r"test accuracy ([\d.]+)", out).group(1)) >= 0.9

@@ -75,12 +75,11 @@ def _defaults(cls) -> dict:
     return {k: p.default for k, p in sig.parameters.items() if p.default is not inspect.Parameter.empty}
 
 
-def _call_code(obj, skip=()) -> str:
-    """``SGD(lr=0.1)``: an object's class and the settings that differ from the defaults."""
+def _call_code(obj, keep=()) -> str:
+    """``SGD(lr=0.1)``: an object's class and the settings that differ from the defaults (and ``keep``)."""
     cfg = obj.get_config() if hasattr(obj, "get_config") else {}
     defaults = _defaults(type(obj))
-    args = [f"{k}={v!r}" for k, v in cfg.items()
-            if k not in skip and not (k in defaults and _same(defaults[k], v))]
+    args = [f"{k}={v!r}" for k, v in cfg.items() if k in keep or not (k in defaults and _same(defaults[k], v))]
     return f"{type(obj).__name__}({', '.join(args)})"
 
 
@@ -194,7 +193,7 @@ class Recipe:
         lines.append(f"], seed={self.seed}{extra})")
         opt = self.optimizer_class(**self.optimizer_config)
         scaler = ", loss_scaler=LossScaler()" if self.loss_scaler else ""
-        lines.append(f"model.compile(loss={_call_code(self.loss)}, optimizer={_call_code(opt)}{scaler})")
+        lines.append(f"model.compile(loss={_call_code(self.loss)}, optimizer={_call_code(opt, keep=('lr',))}{scaler})")
         cbs = ", ".join(code for code, _ in self.callbacks)
         cb = f", callbacks=[{cbs}]" if cbs else ""
         lines.append(f"model.fit(X_train, y_train, epochs={self.epochs}, batch_size={self.batch_size}{cb})")

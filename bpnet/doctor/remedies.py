@@ -22,6 +22,10 @@ from typing import Callable
 from . import findings as F
 from . import fixes as X
 
+# After a structural fix that leaves the doctor quiet but the run no better, the seeds' next step:
+# re-tune the learning rate (and the optimizer) before giving the fix up.
+NO_GAIN = "NO_GAIN"
+
 # AUTOTRAINER's order: data, output/loss, gradients, learning rate and convergence.
 PRIORITY = {
     F.MEMORY_BUDGET: 0.0, F.NONFINITE_DATA: 0.1, F.LABEL_FORMAT: 0.2, F.UNNORMALIZED_INPUTS: 0.3,
@@ -30,7 +34,7 @@ PRIORITY = {
     "EPS_UNDERFLOW": 0.05, F.DOUBLE_SOFTMAX: 1.0, F.OUTPUT_LOSS_MISMATCH: 1.1, F.NONFINITE_LOSS: 1.2,
     F.SYMMETRIC_WEIGHTS: 2.0, F.EXPLODING_GRADIENTS: 2.1, F.EXPLODING_THROUGH_TIME: 2.2, F.VANISHING_GRADIENTS: 2.3,
     F.VANISHING_THROUGH_TIME: 2.4, F.DYING_RELU: 2.5, F.SATURATED_ACTIVATIONS: 2.6,
-    F.LR_TOO_HIGH: 3.0, F.STEP_SIZE: 3.1, F.LR_TOO_LOW: 3.2, F.PLATEAU: 3.3, F.OVERFITTING: 3.4,
+    NO_GAIN: 3.9, F.LR_TOO_HIGH: 3.0, F.STEP_SIZE: 3.1, F.LR_TOO_LOW: 3.2, F.PLATEAU: 3.3, F.OVERFITTING: 3.4,
 }
 STAGES = ("data", "output/loss", "gradients", "learning rate/convergence")
 USER_CODE_BUGS = (F.WRONG_GRADIENT, F.GRADIENT_ASCENT)
@@ -110,12 +114,15 @@ def _table() -> dict:
         F.LR_TOO_LOW: [adam, lr_up],
         F.PLATEAU: [adam, Remedy("ReduceLROnPlateau(factor 0.5, patience 3)", X.reduce_lr(), keeps_weights=True),
                     lr_up],
+        NO_GAIN: [adam, lr_up, lr_down],
         F.OVERFITTING: [Remedy("EarlyStopping with best-weight restore", X.early_stopping(), keeps_weights=True),
                         Remedy("Dropout(0.5)", X.dropout), Remedy("weight decay (AdamW)", X.weight_decay)],
     }
 
 
 REMEDIES: dict = _table()
+NO_GAIN_FINDING = F.Finding(NO_GAIN, "warning", "the doctor is quiet after the last fix, but the validation "
+                            "metric is no better than the best run so far", remedy="re-tune the learning rate")
 
 
 def remedies_for(finding) -> list:

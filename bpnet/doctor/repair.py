@@ -166,18 +166,19 @@ def repair(model, X, y, epochs, batch_size=32, validation_data=None, validation_
     rng = np.random.default_rng(np.random.SeedSequence([seed, 12]))
     limit = DEFAULT_ATTEMPTS if max_attempts is None else int(max_attempts)
     while len(attempts) - 1 < limit:
-        if current is not broken and current.quiet:
-            if _fixed(current, attempts):
-                break
-            _undo(current, undone, "the doctor is quiet but the run is no better than the best so far")
-            current = current.parent
-            current_recipe = current.recipe or recipe
-            continue
+        if current is not broken and _fixed(current, attempts):
+            break
         if time_budget is not None and time.perf_counter() - start > time_budget:
             say("repair: time budget spent")
             break
         pick = (_pick_doctor if chooser == "doctor" else _pick_random)(current, current_recipe, data, undone,
                                                                          applied, rng)
+        if pick is None and current is not broken and current.quiet:
+            # quiet, no better, and re-tuning did not help either: undo it, go on from its parent
+            _undo(current, undone, "the doctor is quiet but the run is no better than the best so far")
+            current = current.parent
+            current_recipe = current.recipe or recipe
+            continue
         if pick is None:
             say("repair: no remedy left to try")
             break
@@ -190,7 +191,8 @@ def repair(model, X, y, epochs, batch_size=32, validation_data=None, validation_
         if _better(att, current):
             att.kept = True
             att.verdict = "fixed" if _fixed(att, attempts + [att]) else "better, kept"
-        elif not att.has(finding) and (R.stage(finding) < 1 or att.score >= current.score - _tolerance(current)):
+        elif finding.code != R.NO_GAIN and not att.has(finding) and \
+                (R.stage(finding) < 1 or att.score >= current.score - _tolerance(current)):
             att.kept = True       # it removed its problem (a data fault always stays fixed) and uncovered the next
             att.verdict = "fixed" if _fixed(att, attempts + [att]) else "problem gone, kept to fix what it uncovered"
         else:
@@ -270,6 +272,8 @@ def _problems(attempt) -> list:
     found = [f for f in attempt.problems if not getattr(f, "caused_by", None)]
     if not found and attempt.number == 0:          # the doctor is quiet, but noted something to improve
         found = [f for f in attempt.findings if f.code in R.IMPROVABLE_INFO]
+    elif not found:                                # a fix silenced its problem but gained nothing: re-tune
+        found = [R.NO_GAIN_FINDING]
     return R.root_causes_first(found)
 
 

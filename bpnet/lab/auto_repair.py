@@ -38,10 +38,10 @@ class AutoRepair:
     def summary(self) -> str:
         rep = self.report
         if rep.bug is not None:
-            what = f"named the bug instead of repairing: {rep.bug.evidence.get('class') or rep.bug.code}"
-        else:
-            chose = "; ".join(f"{a.remedy} ({a.change})" for a in rep.chain) or "nothing"
-            what = f"chose {chose}"
+            name = rep.bug.evidence.get("class") or rep.bug.code
+            return f"named the bug instead of repairing: {name} ({rep.bug.code}, {rep.bug.where or 'the update'})"
+        chose = "; ".join(f"{a.remedy} ({a.change})" for a in rep.chain) or "nothing"
+        what = f"chose {chose}"
         bars = ", ".join(f"{b} (got {_fmt(self.values.get(b.key))})" for b in self.bars) or "none measurable"
         n = len(rep.attempts) - 1
         return (f"{what}; {bars}; {n} attempt{'s' * (n != 1)}, {rep.training_seconds:.2f} s"
