@@ -14,7 +14,8 @@
   accuracy's granularity 1/n), the run is overconfident, not worse: info.
 
 "Learnt well" (:meth:`Outcome.learnt_well`): the final loss is below half the
-initial loss (the first recorded step's loss, else the first epoch's) and a
+initial loss (the first recorded step's loss, else the first epoch's; for
+cross-entropy at most ln K, the loss of guessing) and a
 classifier's training accuracy is at least halfway from chance to 1.
 """
 from __future__ import annotations
@@ -48,13 +49,19 @@ class Outcome:
         shape = getattr(run.model, "output_shape", None) if getattr(run.model, "built", False) else None
         width = int(np.prod(shape)) if shape else 0
         self.classes = 2 if width == 1 else width
+        # a classifier's progress counts from the loss of guessing (ln K for cross-entropy), not from
+        # an initial loss that a bad initialisation made absurd
+        loss_name = type(getattr(run.model, "loss", None)).__name__
+        self.reference = self.initial
+        if loss_name in ("CrossEntropy", "BCEWithLogits") and self.classes >= 2 and _finite(self.initial):
+            self.reference = min(self.initial, math.log(self.classes))
 
     @property
     def learnt(self) -> float:
         """Share of the initial loss removed by the end (1 = all of it, < 0 = got worse)."""
-        if not (_finite(self.initial) and _finite(self.final)) or self.initial <= 0:
+        if not (_finite(self.reference) and _finite(self.final)) or self.reference <= 0:
             return 0.0
-        return 1.0 - self.final / self.initial
+        return 1.0 - self.final / self.reference
 
     def learnt_well(self) -> bool:
         """Half the initial loss removed and, for a classifier, a training accuracy at least halfway
@@ -236,7 +243,7 @@ def _accuracy_holds(hist):
     best = float(np.max(np.convolve(acc, np.ones(3) / 3, mode="valid")))
     final = float(np.mean(acc[-3:]))
     sigma = math.sqrt(max(best * (1 - best), 1.0 / n) / max(n, 1))
-    margin = max(2 * math.sqrt(2) * sigma, 3 * _noise(acc), 2.0 / max(n, 1))
+    margin = max(2 * math.sqrt(2) * sigma, 2 * _noise(acc), 2.0 / max(n, 1))
     return best - final <= margin, {"best_val_accuracy": best, "final_val_accuracy": final,
                                     "val_size_estimate": int(n), "accuracy_margin": margin}
 
