@@ -222,10 +222,22 @@ def test_repair_standardises_unscaled_inputs_and_the_scaler_travels_with_the_mod
 
 def test_repair_restarts_from_a_good_checkpoint_when_the_run_went_wrong_mid_way():
     X, y = blobs(400)
-    m = model_of([Dense(32, init="he_normal"), ReLU(), Dense(3)], opt=SGD(lr=3.0))
-    rep = repair(m, X, y, epochs=6, batch_size=32, verbose=0)
-    assert rep.fixed and rep.attempts[-1].metric >= 0.9
-    assert any(a.remedy == "learning rate x0.1" for a in rep.attempts[1:])
+    m = model_of([Dense(32, init="he_normal"), ReLU(), Dense(3)], opt=SGD(lr=0.1))
+    jump = bpnet.LearningRateScheduler(lambda epoch, lr: lr * 100 if epoch == 3 else lr)   # diverges at epoch 3
+    rep = repair(m, X, y, epochs=6, batch_size=32, callbacks=[jump], verbose=0)
+    broken, fix = rep.attempts[0], rep.attempts[1]
+    assert not math.isfinite(broken.history["loss"][-1]) and math.isfinite(broken.history["loss"][2])
+    assert broken.mid_run and broken.checkpoint[0] == 2              # the last epoch with a finite, best val loss
+    assert fix.remedy == "learning rate x0.1" and fix.restart == "the last good checkpoint (epoch 2)"
+    assert rep.fixed and fix.metric >= 0.9
+    assert "restart from the last good checkpoint (epoch 2)" in str(rep)
+
+
+def test_a_fix_that_changes_the_architecture_restarts_from_a_fresh_initialisation():
+    X, y = blobs(300)
+    m = model_of([Dense(16, init="he_normal"), ReLU(), Dense(3), Softmax()])
+    rep = repair(m, X, y, epochs=4, verbose=0)
+    assert rep.attempts[1].restart == "fresh initialisation"
 
 
 def test_report_tells_the_story_and_the_diff_is_code():
