@@ -371,3 +371,18 @@ def test_example_09_repairs_three_mistakes_at_once(tmp_path):
                          timeout=300, check=True).stdout
     assert "repaired: True" in out and "-    Softmax()," in out and "+scaler = Standardizer()" in out
     assert float(re.search(r"test accuracy ([\d.]+)", out).group(1)) >= 0.9
+
+
+def test_the_time_budget_stops_the_repair_after_the_broken_run():
+    X, y = blobs(300, scale=300.0)
+    rep = repair(model_of([Dense(16, init="he_normal"), ReLU(), Dense(3)]), X, y, epochs=2, time_budget=0.0,
+                 verbose=0)
+    assert len(rep.attempts) == 1 and not rep.fixed
+
+
+def test_cli_train_repair_prints_the_report(capsys):
+    from bpnet.cli import main
+    rc = main(["train", "--dataset", "xor", "--hidden", "8", "--epochs", "4", "--optimizer", "sgd", "--lr", "30",
+               "--backend", "numpy", "--quiet", "--repair"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "attempt 0 (broken run)" in out and "test accuracy" in out

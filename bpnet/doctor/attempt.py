@@ -185,7 +185,6 @@ class Attempt:
     kept: bool = False
     data_report: dict = field(default_factory=dict)
     error: str | None = None
-    val: tuple = field(default=None, repr=False)     # the validation split as this attempt's model saw it
     recipe: object = field(default=None, repr=False)
     chosen: bool = False                              # the attempt whose model the report hands back
     settled: frozenset = frozenset()                  # codes a kept fix answered (see Remedy.settles)
@@ -195,8 +194,7 @@ class Attempt:
     def from_baseline(cls, b, model, data: "Data") -> "Attempt":
         with np.errstate(all="ignore"):
             name, metric, val_loss = score_model(model, data.X_val, data.y_val, data.class_ids)
-        return cls(0, list(b.findings), name, metric, val_loss, b.seconds, history=b.history, model=None,
-                   val=(data.X_val, data.y_val))
+        return cls(0, list(b.findings), name, metric, val_loss, b.seconds, history=b.history, model=None)
 
     @property
     def problems(self) -> list:
@@ -267,7 +265,7 @@ def train_attempt(recipe, data: Data, user_callbacks=(), number: int = 0, restar
             fold_target_scale(model, *target)
         name, metric, val_loss = score_model(model, Xv, yv, data.class_ids)
     att = Attempt(number, findings, name, metric, val_loss, seconds, history=history, model=model, scaler=scaler,
-                  restart=where, data_report=report, error=error, val=(Xv, yv))
+                  restart=where, data_report=report, error=error)
     if best.weights is not None:
         att.checkpoint = (best.best_epoch, best.weights, best.buffers)
         att.mid_run = best.relapsed
