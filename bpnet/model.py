@@ -135,6 +135,9 @@ class Sequential(LayerStack):
         becomes the repaired one and ``history.repair`` holds the report.
         """
         if isinstance(doctor, str) and doctor == "repair":
+            if distributed:
+                raise ConfigError("fit(doctor='repair') retrains on one process; repair the model first, "
+                                  "then train it with distributed=True")
             return _tool("repair")(self, X, y, epochs=epochs, batch_size=batch_size,
                                    validation_data=validation_data, validation_split=validation_split,
                                    callbacks=callbacks, verbose=verbose)

@@ -113,7 +113,7 @@ def measure(report, X_val, y_val, keys) -> dict:
     m["val_loss_rise"] = m["val_loss"] / best - 1.0 if best > 0 and math.isfinite(best) else math.nan
     if model.loss.kind == "regression":
         m["val_loss_rel"] = m["val_loss"] / float(np.var(y_val))
-    elif np.ndim(y_val) == 1:
+    elif np.ndim(y_val) == 1 and len(np.unique(y_val)) == 2:       # the imbalance scenario's numbers
         pred = predict_labels(model, Xv)
         m["minority_recall"] = recall(y_val, pred, 1)
         m["majority_recall"] = recall(y_val, pred, 0)
