@@ -55,7 +55,9 @@ def lab_cases():
                     cache["clean_s"] = time.perf_counter() - t
                 auto = auto_repair(sc, cache["broken"], seed, max_attempts=attempts, chooser=chooser)
             rep = auto.report
-            return {"repaired": auto.ok, "bug": rep.bug is not None, "attempts": len(rep.attempts) - 1,
+            broken_ok = all(b.holds(cache["broken"].metrics) for b in sc.remedy_bars)
+            return {"repaired": auto.ok, "broken_ok": broken_ok, "bug": rep.bug is not None,
+                    "attempts": len(rep.attempts) - 1, **_metrics(rep),
                     "train_s": rep.training_seconds + cache["broken_s"], "clean_s": cache["clean_s"],
                     "remedies": rep.remedies}
         yield sc.name, "lab", run
@@ -84,10 +86,25 @@ def corpus_cases():
             clean_s = chosen.seconds or rep.attempts[0].seconds      # one run of the repaired configuration
             # a broken run the doctor did not flag is left alone by the repair: it counts as not repaired
             fixed = rep.fixed and len(rep.attempts) > 1
-            return {"repaired": bool(fixed or named), "bug": rep.bug is not None,
+            return {"repaired": bool(fixed or named), "broken_ok": False, "bug": rep.bug is not None, **_metrics(rep),
                     "attempts": len(rep.attempts) - 1, "train_s": rep.training_seconds,
                     "clean_s": max(clean_s, 1e-9), "remedies": rep.remedies}
         yield case.name, "held-out" if case.held_out else "tune", run
+
+
+def _metrics(rep) -> dict:
+    """The validation metric of the broken run and of the model the repair handed back."""
+    chosen = next((a for a in rep.attempts if a.chosen), rep.attempts[0])
+    return {"metric": chosen.metric_name, "broken_metric": rep.attempts[0].metric, "final_metric": chosen.metric}
+
+
+def _median_gain(runs) -> str:
+    """Median balanced accuracy, broken -> repaired, over the runs judged by it (unscorable broken runs as 0)."""
+    pairs = [(x["broken_metric"], x["final_metric"]) for x in runs if x.get("metric") == "val_balanced_accuracy"]
+    if not pairs:
+        return "n/a"
+    fin = lambda v: v if isinstance(v, float) and math.isfinite(v) else 0.0  # noqa: E731
+    return f"{statistics.median(fin(b) for b, _ in pairs):.2f} -> {statistics.median(fin(f) for _, f in pairs):.2f}"
 
 
 def summarise(rows, part, chooser):
@@ -96,22 +113,25 @@ def summarise(rows, part, chooser):
         return None
     runs = [r[chooser] for r in sel]
     ratios = [x["train_s"] / x["clean_s"] for x in runs if x["clean_s"] > 0]
-    return {"n": len(sel), "repaired": sum(x["repaired"] for x in runs) / len(sel),
+    return {"n": len(sel), "repaired": sum(x["repaired"] for x in runs) / len(sel), "gain": _median_gain(runs),
+            "broken_ok": sum(x.get("broken_ok", False) for x in runs) / len(sel),
             "attempts": statistics.mean(x["attempts"] for x in runs),
             "time_ratio": statistics.mean(ratios) if ratios else math.nan}
 
 
 def table(rows) -> str:
-    lines = ["| broken runs | n | repaired (diagnosis) | repaired (random remedy) | mean attempts (diag / random) "
-             "| training time vs one clean run (diag / random) |", "|---|---|---|---|---|---|"]
+    lines = ["| broken runs | n | broken run already good | repaired (diagnosis) | repaired (random remedy) "
+             "| mean attempts (diag / random) | training time vs one clean run (diag / random) "
+             "| median balanced accuracy, broken -> repaired (diag / random) |", "|---|---|---|---|---|---|---|---|"]
     for part in ("lab", "tune", "held-out"):
         d, r = summarise(rows, part, "doctor"), summarise(rows, part, "random")
         if d is None:
             continue
         name = {"lab": "failure-lab scenarios", "tune": "doctor corpus, tuning part",
                 "held-out": "doctor corpus, held-out part"}[part]
-        lines.append(f"| {name} | {d['n']} | {d['repaired']:.0%} | {r['repaired']:.0%} | "
-                     f"{d['attempts']:.2f} / {r['attempts']:.2f} | {d['time_ratio']:.2f}x / {r['time_ratio']:.2f}x |")
+        lines.append(f"| {name} | {d['n']} | {d['broken_ok']:.0%} | {d['repaired']:.0%} | {r['repaired']:.0%} | "
+                     f"{d['attempts']:.2f} / {r['attempts']:.2f} | {d['time_ratio']:.2f}x / {r['time_ratio']:.2f}x | "
+                     f"{d['gain']} / {r['gain']} |")
     return "\n".join(lines)
 
 
