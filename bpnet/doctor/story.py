@@ -102,7 +102,7 @@ def tell(findings) -> list:
             roots.append(replace(f, caused_by=None) if f.caused_by else f)
         else:
             symptoms.setdefault(id(root), []).append(replace(f, caused_by=root.code))
-    ordered = sorted(roots, key=lambda f: (_SEVERITY.get(f.severity, 3) >= 2, 0))   # infos after the rest
+    ordered = sorted(roots, key=lambda f: f.severity == "info")      # stable: infos after the rest
     out = []
     for r in ordered:
         out.append(r)
