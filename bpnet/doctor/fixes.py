@@ -38,6 +38,7 @@ def _default_lr(cls):
 
 
 def use_adam(recipe, finding, ctx):
+    """Adam (lr 1e-3) instead of a non-adaptive optimizer: a per-weight step size."""
     from ..optim import Adam
     if issubclass(recipe.optimizer_class, Adam):
         return None
@@ -47,6 +48,7 @@ def use_adam(recipe, finding, ctx):
 
 
 def weight_decay(recipe, finding, ctx):
+    """AdamW with decoupled weight decay 0.05 at the same learning rate."""
     from ..optim import AdamW
     if recipe.optimizer_config.get("weight_decay"):
         return None
@@ -56,6 +58,7 @@ def weight_decay(recipe, finding, ctx):
 
 
 def callback(code, make):
+    """Add the callback ``make()`` (written ``code``) to every run, once."""
     def apply(recipe, finding, ctx):
         if recipe.has_callback(code.split("(")[0]):
             return None
@@ -122,6 +125,7 @@ def _scaled_init(spec) -> bool:
 
 
 def orthogonal_recurrence(recipe, finding, ctx):
+    """An orthogonal recurrent matrix (every eigenvalue of modulus 1): ‖h U‖ = ‖h‖ through time."""
     changes = []
     for layer in (sub for top in recipe.layers for sub in top.walk()):
         if type(layer).__name__ == "RNN" and layer.recurrent_init != "orthogonal":
@@ -136,6 +140,7 @@ def _name(spec) -> str:
 
 
 def swap_activation(src, dst, init):
+    """Hidden activations of the classes ``src`` become ``dst``; the Dense before each gets ``init``."""
     def apply(recipe, finding, ctx):
         from ..layers.base import LAYER_REGISTRY
         hits = [i for i, layer in enumerate(recipe.layers[:-1]) if type(layer).__name__ in src]
@@ -150,12 +155,12 @@ def swap_activation(src, dst, init):
 
 
 def batchnorm(recipe, finding, ctx):
+    """BatchNorm1d between each hidden Dense and its activation (each layer re-centred and re-scaled)."""
     from ..layers import BatchNorm1d
     names = [type(layer).__name__ for layer in recipe.layers]
     if "BatchNorm1d" in names:
         return None
-    pairs = [i for i, act in _hidden_pairs(recipe) if act is not None and act != "Dense" and i + 1 < len(names)
-             and names[i + 1] in RELU_FAMILY + SQUASHING]
+    pairs = [i for i, act in _hidden_pairs(recipe) if act in RELU_FAMILY + SQUASHING]
     if not pairs:
         return None
     for i in reversed(pairs):
@@ -169,10 +174,11 @@ def _stack(recipe):
     if len(pairs) < 3:
         return []
     width = recipe.layers[pairs[0][0]].units
-    return [i for i, _ in pairs[1:] if recipe.layers[i].units == width and recipe.layers[i + 1] is not None]
+    return [i for i, _ in pairs[1:] if recipe.layers[i].units == width]
 
 
 def residual(recipe, finding, ctx):
+    """Each repeated (Dense, activation) pair of a deep stack becomes y = x + F(x)."""
     from ..layers import Residual
     idx = _stack(recipe)
     if len(idx) < 2:
@@ -184,6 +190,7 @@ def residual(recipe, finding, ctx):
 
 
 def fewer_layers(recipe, finding, ctx):
+    """Half of the repeated (Dense, activation) pairs of a deep stack removed."""
     idx = _stack(recipe)
     if len(idx) < 2:
         return None
@@ -194,6 +201,7 @@ def fewer_layers(recipe, finding, ctx):
 
 
 def dropout(recipe, finding, ctx):
+    """Dropout(0.5) after every hidden activation."""
     from ..layers import Dropout
     if any(type(layer).__name__ == "Dropout" for layer in recipe.layers):
         return None
@@ -207,6 +215,8 @@ def dropout(recipe, finding, ctx):
 
 # -- the output layer and the loss -----------------------------------------------------------
 def remove_last(kinds):
+    """The final layer dropped when it is one of ``kinds`` (a softmax before CrossEntropy, an
+    activation before a loss that wants logits or unbounded outputs)."""
     def apply(recipe, finding, ctx):
         last = type(recipe.layers[-1]).__name__
         if last not in kinds or len(recipe.layers) < 2:
@@ -234,6 +244,7 @@ def stable_loss(recipe, finding, ctx):
 
 
 def float16_fix(recipe, finding, ctx):
+    """A float16 model: first a dynamic loss scaler with float32 master weights, then float32."""
     if recipe.dtype != "float16":
         return None
     if not recipe.loss_scaler:
@@ -244,12 +255,14 @@ def float16_fix(recipe, finding, ctx):
 
 
 def class_weights(focal):
+    """CrossEntropy weighted by N / (K·N_c) per class, or the focal loss with those weights as α."""
     def apply(recipe, finding, ctx):
         import numpy as np
         from ..losses import CrossEntropy, FocalLoss
-        if type(recipe.loss).__name__ not in ("CrossEntropy",) or getattr(recipe.loss, "class_weights", None) \
-                is not None and not focal:
+        if type(recipe.loss).__name__ != "CrossEntropy":
             return None
+        if not focal and getattr(recipe.loss, "class_weights", None) is not None:
+            return None                                   # already weighted
         y = np.asarray(ctx.y)
         labels = y.argmax(axis=1) if y.ndim == 2 else y.astype(np.int64)
         k = int(getattr(recipe.layers[-1], "units", labels.max() + 1))
@@ -355,6 +368,7 @@ def drop_nonfinite(recipe, finding, ctx):
 
 
 def data_step(kind, code, train_only=True, **params):
+    """Add the data step ``kind`` (see :class:`~bpnet.doctor.recipe.DataStep`), once."""
     def apply(recipe, finding, ctx):
         if any(s.kind == kind for s in recipe.data_steps):
             return None
@@ -364,6 +378,8 @@ def data_step(kind, code, train_only=True, **params):
 
 
 def standardize(recipe, finding, ctx):
+    """A Standardizer fit on the training split, applied to every split and kept as model.preprocessor
+    (for a non-finite loss only when the inputs are not already near unit scale)."""
     if recipe.scaler == "Standardizer" or (finding.code != F.UNNORMALIZED_INPUTS and _standardized(ctx.X)):
         return None
     recipe.scaler = "Standardizer"
@@ -397,6 +413,7 @@ def standardize_targets(recipe, finding, ctx):
 
 
 def batch_that_fits(recipe, finding, ctx):
+    """The largest batch the memory budget allows (from the MEMORY_BUDGET finding's evidence)."""
     fit = finding.evidence.get("max_batch_size")
     if not fit or fit >= recipe.batch_size:
         return None
