@@ -169,6 +169,7 @@ class TrainingLoop:
         self.step = 0
         self.batch = None        # the (xb, yb) of the current step
         self.loader = None
+        self.validation_data = None   # as fit was given it, for plugins that check it (the doctor)
 
     # -- the run ------------------------------------------------------------------------
     def run(self, X, y, validation_data=None) -> History:
