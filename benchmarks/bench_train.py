@@ -367,8 +367,8 @@ def startup(backend, runs=3):
     walls, rss = [], []
     for _ in range(runs):
         t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-c", code + "\nimport resource, sys; "
-                               "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)"],
+        proc = subprocess.run([sys.executable, "-c", code + "\nimport sys; print([int(l.split()[1]) for l in "
+                               "open('/proc/self/status') if l.startswith('VmHWM:')][0], file=sys.stderr)"],
                               capture_output=True, text=True)
         walls.append(time.perf_counter() - t0)
         if proc.returncode:
