@@ -8,7 +8,7 @@ know: ``compile``, ``fit``, ``evaluate``, ``predict``, ``summary``, ``save``.
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import numpy as np
 
@@ -141,20 +141,18 @@ class Sequential(LayerStack):
             return _tool("repair")(self, X, y, epochs=epochs, batch_size=batch_size,
                                    validation_data=validation_data, validation_split=validation_split,
                                    callbacks=callbacks, verbose=verbose)
+        detached = nullcontext()
         if self.apply_preprocessor and self.preprocessor is not None:
             X = self._preprocess(X)
             if validation_data is not None:
                 validation_data = (self._preprocess(validation_data[0]), *validation_data[1:])
-            with self._preprocessor_detached():
-                return training.fit(self, X, y, epochs=epochs, batch_size=batch_size,
-                                    validation_data=validation_data, validation_split=validation_split,
-                                    shuffle=shuffle, callbacks=callbacks, verbose=verbose,
-                                    initial_epoch=initial_epoch, distributed=distributed, doctor=doctor,
-                                    detect_anomaly=detect_anomaly)
-        return training.fit(self, X, y, epochs=epochs, batch_size=batch_size, validation_data=validation_data,
-                            validation_split=validation_split, shuffle=shuffle, callbacks=callbacks,
-                            verbose=verbose, initial_epoch=initial_epoch, distributed=distributed,
-                            doctor=doctor, detect_anomaly=detect_anomaly)
+            detached = self._preprocessor_detached()
+        with detached:
+            return training.fit(self, X, y, epochs=epochs, batch_size=batch_size,
+                                validation_data=validation_data, validation_split=validation_split,
+                                shuffle=shuffle, callbacks=callbacks, verbose=verbose,
+                                initial_epoch=initial_epoch, distributed=distributed, doctor=doctor,
+                                detect_anomaly=detect_anomaly)
 
     def _preprocess(self, X):
         """Raw inputs through ``preprocessor`` when ``apply_preprocessor`` is set (else unchanged)."""
