@@ -120,6 +120,19 @@ def test_a_healthy_report_says_no_problems_found(tmp_path):
     assert 'class="headline ok"' in page and "No problems found" in page
 
 
+def test_the_page_keeps_the_doctors_order_and_names_what_follows_from_what(tmp_path):
+    h = History()
+    for e, loss in enumerate([3.1, 2.4, 2.3]):
+        h.append(e, {"loss": loss})
+    findings = [Finding("LR_TOO_HIGH", "warning", "the learning rate looks too high", remedy="divide it by 10"),
+                Finding("DYING_RELU", "error", "all units dead", where="layer 3", caused_by="LR_TOO_HIGH")]
+    page = open(write_html_report(h, tmp_path / "p.html", findings=findings), encoding="utf-8").read()
+    headline = page[page.index('class="headline'):page.index("<h2")]
+    assert "LR_TOO_HIGH" in headline and "DYING_RELU" not in headline      # the root cause, not the louder symptom
+    assert page.index("<code>LR_TOO_HIGH</code>") < page.index("<code>DYING_RELU</code>")
+    assert "follows from LR_TOO_HIGH" in page
+
+
 def test_history_report_needs_a_registered_writer(monkeypatch, tmp_path):
     monkeypatch.setattr(History, "_report_writer", None)
     with pytest.raises(ConfigError, match="no report writer is registered"):

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..history import History
-from .findings import SEVERITIES, Finding
+from .findings import Finding
 
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:0 auto;max-width:1100px;padding:24px;
@@ -134,7 +134,9 @@ def _headline(findings) -> str:
     if not findings:
         return ('<div class="headline ok"><div class="what">No problems found</div>'
                 "<div class=\"remedy\">The doctor's checks all passed on this run's signals.</div></div>")
-    top = sorted(findings, key=_severity_rank)[0]
+    # the main problem as the doctor's headline names it: the first root cause that is not a note
+    top = next((f for f in findings if f.severity in ("error", "warning") and not getattr(f, "caused_by", None)),
+               findings[0])
     remedy = f'<div class="remedy"><b>Remedy:</b> {_e(top.remedy)}</div>' if top.remedy else ""
     more = len(findings) - 1
     rest = f'<div class="meta">and {more} more finding{"s" * (more != 1)} below</div>' if more else ""
@@ -146,8 +148,10 @@ def _findings_section(findings) -> str:
     if not findings:
         return "<p>None.</p>"
     blocks = []
-    for f in sorted(findings, key=_severity_rank):
+    for f in findings:                    # the doctor's order: each root cause, then what follows from it
         where = f" <span class=\"meta\">({_e(f.where)})</span>" if f.where else ""
+        if getattr(f, "caused_by", None):
+            where += f" <span class=\"meta\">follows from {_e(f.caused_by)}</span>"
         remedy = f"<div class=\"remedy\"><b>Remedy:</b> {_e(f.remedy)}</div>" if f.remedy else ""
         evidence = _table([{"evidence": k, "value": _fmt(v)} for k, v in f.evidence.items()]) if f.evidence else ""
         blocks.append(f'<div class="finding"><span class="sev {_e(f.severity)}">{_e(f.severity)}</span> '
@@ -288,10 +292,6 @@ def _as_finding(f):
         except TypeError:
             pass
     return Finding("NOTE", "info", str(f))
-
-
-def _severity_rank(f) -> int:
-    return SEVERITIES.index(f.severity) if f.severity in SEVERITIES else len(SEVERITIES)
 
 
 def _fmt(value) -> str:
