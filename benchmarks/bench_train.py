@@ -268,7 +268,7 @@ def worker(framework, threads, repeats, quick):
     for kind, sizes, batch in CASES:
         res = time_case(framework, kind, sizes, batch, repeats, quick)
         res.update(kind=kind, sizes=list(sizes), batch=batch)
-        if framework == "bpnet-numpy":          # one worker measures the bound for everyone
+        if framework.startswith("bpnet"):       # the bound for everyone (NumPy's products, same shapes)
             res["bound_s"] = matmul_bound(sizes, batch)
         out["cases"].append(res)
     out["peak_rss_mb"] = peak_rss_mb()
@@ -389,10 +389,10 @@ def available_frameworks():
 
 def print_table(results, ceiling):
     from bpnet.backends import default_backend_name
-    name = default_backend_name()
-    default = "bpnet-numba" if name == "auto" else f"bpnet-{name}"     # auto picks Numba for a long run
+    backend = default_backend_name()
+    default = "bpnet-numba" if backend == "auto" else f"bpnet-{backend}"     # auto picks Numba for a long run
     peers = [p for p in PEERS if p in results]
-    bound = results.get("bpnet-numpy")
+    bound = next((r for fw, r in results.items() if "bound_s" in r["cases"][0]), None)
     header = (f"{'case':<26}{'framework':<13}{'samples/s':>11}{'GFLOP/s':>9}{'% ceil':>7}{'step eff':>9}"
               + "".join(f"{'vs ' + p:>11}" for p in peers))
     print("\n" + header + "\n" + "-" * len(header))
@@ -407,7 +407,7 @@ def print_table(results, ceiling):
             mark = "*" if fw == default else " "
             print(f"{name:<26}{fw + mark:<13}{batch / step:>11,.0f}{gf:>9.1f}{100 * gf / ceiling:>6.0f}%"
                   f"{eff:>9.2f}{ratios}")
-    print(f"* bpnet's default backend for a run this long ({name!r}).  'vs X' is X's step time over bpnet's (> 1: bpnet is faster).  "
+    print(f"* bpnet's default backend for a run this long ({backend!r}).  'vs X' is X's step time over bpnet's (> 1: bpnet is faster).  "
           "GFLOP/s counts 6·batch·Σ in·out per step; 'step eff' is the step's matrix products timed "
           "alone over the measured step (1.0 is the limit).")
 
