@@ -14,6 +14,8 @@ import math
 from .errors import CheckpointError
 from .validation import did_you_mean
 
+FORMAT_VERSION = 2   # 2: small state (counters, generators) in the config's "state" entry; 1 is still read
+
 _TOP_KEYS = {"format", "version", "model", "input_shape", "rng", "loss", "metrics", "optimizer",
              "loss_scaler", "preprocessor", "state", "callbacks", "training"}
 
@@ -31,7 +33,6 @@ class _Where:
 
 def check_config(config, arrays: dict, name) -> None:
     """Raise CheckpointError unless ``config`` is a description bpnet can rebuild safely."""
-    from .io import FORMAT_VERSION
     w = _Where(name)
     if not isinstance(config, dict) or config.get("format") != "bpnet" or "model" not in config:
         raise CheckpointError(f"{name!s} is an .npz file but its __config__ is not a bpnet model description")

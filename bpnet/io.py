@@ -25,10 +25,10 @@ import numpy as np
 
 from . import state
 from .checkpoint import parse_checkpoint  # noqa: F401 - re-exported (the MPI trainer reads bytes)
+from .checkpoint_schema import FORMAT_VERSION
 from .errors import BpnetError, CheckpointError
 from .layers.base import LAYER_REGISTRY
 
-FORMAT_VERSION = 2   # 2: small state (counters, generators) in the config's "state" entry
 
 
 _TEMP_SUFFIX = ".part"
