@@ -237,6 +237,8 @@ def test_bad_input_gets_a_clear_error():
         RNN(4, activation="sigmoid")
     with pytest.raises(ConfigError, match="units"):
         RNN(0)
+    with pytest.raises(ConfigError, match=r"RNN\(units=\.\.\.\) must be a whole number, got 2\.5"):
+        RNN(2.5)                                       # not silently 2 units, as Dense refuses it too
     with pytest.raises(ConfigError, match="unknown initializer"):
         RNN(3, recurrent_init="orthogonl")
 

@@ -5,6 +5,7 @@ import numpy as np
 
 from .. import init as initializers
 from ..errors import ConfigError, ShapeError
+from ..validation import whole
 from .base import Layer
 
 _PHI = ("tanh", "linear", "relu")
@@ -65,11 +66,10 @@ class RNN(Layer):
                  recurrent_init="orthogonal", bias_init="zeros", activation: str = "tanh",
                  name: str | None = None):
         super().__init__(name)
-        if int(units) <= 0:
-            raise ConfigError(f"RNN(units={units}): units must be a positive integer")
+        units = whole(units, "RNN(units=...)", minimum=1)             # RNN(2.5) is not 2 units
         if activation not in _PHI:
             raise ConfigError(f"RNN(activation={activation!r}): choose one of {', '.join(_PHI)}")
-        self.units, self.return_sequences, self.activation = int(units), bool(return_sequences), activation
+        self.units, self.return_sequences, self.activation = units, bool(return_sequences), activation
         self.init, self.recurrent_init, self.bias_init = init, recurrent_init, bias_init
         for spec in (init, recurrent_init, bias_init):
             initializers.get_initializer(spec)          # fail early on a bad name
