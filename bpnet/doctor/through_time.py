@@ -57,9 +57,8 @@ def measure(model) -> dict:
             continue
         steps = max(grads)
         at = {"first": 1, "middle": (steps + 1) // 2, "last": steps}
-        xp = layer.backend.xp
-        for probe, t in at.items():
-            rec[f"dh_norm/{path}/{probe}"] = _norm(xp, grads[t])
+        for probe, t in at.items():     # Σ in float64: a vanished 1e-24 would square to 0 in float32
+            rec[f"dh_norm/{path}/{probe}"] = math.sqrt(layer.backend.sum_squares(grads[t]))
         rec[f"seq_len/{path}"] = steps
         rec[f"spectral_radius/{path}"] = spectral_radius(layer)
     return rec
@@ -90,13 +89,6 @@ def spectral_radius(layer, burn_in: int = 16, steps: int = 64) -> float:
         log_growth += math.log(norm) if i >= burn_in else 0.0
         v /= norm
     return math.exp(log_growth / steps)
-
-
-def _norm(xp, a) -> float:
-    """‖a‖₂ over all entries, in float64: a vanished gradient of 1e-24 has squares of 1e-48,
-    which underflow to 0 in float32 (and float16 squares overflow above 256)."""
-    a = a.ravel().astype(xp.float64)
-    return math.sqrt(float(xp.vdot(a, a)))
 
 
 def diagnose(run) -> list[Finding]:
