@@ -26,16 +26,6 @@ def fit_arguments(epochs, batch_size, initial_epoch, validation_split):
     return epochs, batch_size, initial_epoch
 
 
-def check_split(validation_split, n_samples: int, validation_data) -> None:
-    """Refuse a split that leaves no training sample (0.999 of 100 rows holds out all 100)."""
-    if not validation_split or validation_data is not None:
-        return
-    n_val = max(1, int(round(n_samples * validation_split)))
-    if n_val >= n_samples:
-        raise ConfigError(f"fit(validation_split={validation_split}) holds out {n_val} of the {n_samples} "
-                          "samples and leaves none to train on; use a smaller split")
-
-
 def prepared_validation_data(model, validation_data):
     """``(X_val, y_val)`` validated like the training data and cast to the model's dtype.
 

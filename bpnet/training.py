@@ -272,19 +272,22 @@ class TrainingLoop:
             return StepStats(loss=math.nan)
         yb = model.backend.asarray(yb)
         loss, out = train_step(model, xb, yb, self.callbacks, i)
-        w = model.loss.batch_weight
-        w = count if w is None else w
+        w = model._batch_weight(count)     # what the loss divided by: the count, or Σ class weights
         correct = float(model.loss.count_correct(out, yb)) if want_acc else 0.0
         return StepStats(loss=loss, loss_sum=loss * w, weight=w, correct=correct, count=count)
 
 
 def split_validation(X, y, validation_split, validation_data):
-    """Hold out the last ``validation_split`` of (X, y) unless validation data is given (Keras's rule)."""
+    """Hold out the last ``validation_split`` of (X, y) unless validation data is given (Keras's rule).
+
+    ``validation_split`` was checked to lie in [0, 1) with the other arguments; a split that
+    would leave nothing to train on (0.999 of 100 rows holds out all 100) is refused here."""
     if not validation_split or validation_data is not None:
         return X, y, validation_data
-    if not 0.0 < validation_split < 1.0:
-        raise ConfigError(f"validation_split={validation_split} must be in (0, 1)")
     n_val = max(1, int(round(len(X) * validation_split)))
+    if n_val >= len(X):
+        raise ConfigError(f"fit(validation_split={validation_split}) holds out {n_val} of the {len(X)} "
+                          "samples and leaves none to train on; use a smaller split")
     return X[:-n_val], y[:-n_val], (X[-n_val:], y[-n_val:])
 
 
@@ -302,7 +305,6 @@ def fit(model, X, y, epochs: int = 1, batch_size: int = 32, validation_data=None
         with loop.strategy.guard(loop):
             _apply_fit_options(loop, X, y, options, FIT_OPTION_ORDER[1:])
             X, y = model._prepare(X, y)
-            arguments.check_split(validation_split, len(X), validation_data)
             X, y, validation_data = split_validation(X, y, validation_split, validation_data)
             validation_data = arguments.prepared_validation_data(model, validation_data)
             memory.require_memory(model, min(batch_size, len(X)), "fit")

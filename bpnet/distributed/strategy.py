@@ -8,7 +8,6 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from ..errors import ConfigError
 from ..training import StepStats, Strategy, register_fit_option
 
 
@@ -115,10 +114,9 @@ class MPIStrategy(Strategy):
 
 
 def _fit_plugin(loop, distributed, X, y):
-    """``fit(distributed=True)`` (or an mpi4py communicator): train through :class:`MPIStrategy`."""
-    if isinstance(loop.batch_size, bool) or not isinstance(loop.batch_size, (int, np.integer)) \
-            or loop.batch_size <= 0:
-        raise ConfigError(f"batch_size must be a positive integer (per rank), got {loop.batch_size!r}")
+    """``fit(distributed=True)`` (or an mpi4py communicator): train through :class:`MPIStrategy`.
+
+    (``fit`` has checked ``batch_size``, the per-rank batch, with its other arguments.)"""
     from .trainer import DistributedTrainer
     trainer = DistributedTrainer(loop.model, comm=None if distributed is True else distributed)
     loop.strategy = MPIStrategy(trainer)
