@@ -25,14 +25,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..callbacks import Callback
+from ..callbacks import Callback, CallbackList
 from ..doctor._paths import leaf_layers
-from ..doctor.anomaly import enable
+from ..doctor.anomaly import AnomalyCallback, enable
 from ..doctor.monitor import Monitor
 from ..errors import NonFiniteError
 from ..history import History
 from ..layers.activations import Activation
-from ..training import Strategy, TrainingLoop, optimizer_step
+from ..training import Strategy, TrainingLoop, optimizer_step, train_step
 
 PROBE_ROWS = 256          # samples used for the activation snapshot
 
@@ -188,11 +188,9 @@ def explain_nonfinite(model, xb, yb):
     saved = (model.skip_step, None if scaler is None else (scaler.scale, scaler.good_steps, scaler.overflows))
     checker, restore = enable(model)
     try:
-        out = model.forward(xb, training=True)
-        value = model.loss.forward(out if scaler is None else out.astype(scaler.master_dtype), yb)
-        checker.check_loss(model, value, out, yb)
-        d_out = model.loss.backward()
-        model.backward(d_out if scaler is None else scaler.scale_loss_grad(d_out))
+        checks = CallbackList([AnomalyCallback(checker)])
+        checks.set_model(model)
+        train_step(model, xb, yb, checks)          # the loop's own step, its loss checked too
     except NonFiniteError as err:
         return err
     finally:
