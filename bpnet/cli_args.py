@@ -53,24 +53,22 @@ def choice(kind: str, options):
     return parse
 
 
-def positive_int(text: str) -> int:
+def _whole_at_least(text: str, minimum: int, bound: str) -> int:
     try:
         value = int(text)
     except (TypeError, ValueError):
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: must be at least 1")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be {bound}")
     return value
+
+
+def positive_int(text: str) -> int:
+    return _whole_at_least(text, 1, "at least 1")
 
 
 def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except (TypeError, ValueError):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: must be 0 or more")
-    return value
+    return _whole_at_least(text, 0, "0 or more")
 
 
 def positive_float(text: str) -> float:
