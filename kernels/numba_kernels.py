@@ -43,7 +43,7 @@ from .activation_codes import ELU, IDENTITY, LEAKY_RELU, RELU, SIGMOID, TANH
 __all__ = [
     "IDENTITY", "RELU", "LEAKY_RELU", "ELU", "SIGMOID", "TANH",
     "bias_act_forward", "bias_pre", "act_forward", "act_forward_", "act_pre",
-    "act_post", "act_backward",
+    "act_post", "act_backward", "act_backward_bias",
     "xent_shift", "xent_finish", "xent_finish_labels",
     "sgd_step", "adam_step", "rmsprop_step",
     "sum_squares", "clip_grad_norm", "has_nonfinite",
@@ -200,6 +200,33 @@ def act_backward(y, dy, out, code, alpha, dest):
     else:
         for i in range(y.size):
             out[i] = _bwd(code, y[i], dy[i], a, zero, one)
+
+
+@_jit
+def act_backward_bias(y, dy, dz, db, code, alpha):
+    """dz = dy * f'(z) and db[j] = Σ_i dz[i, j] in one pass over y, dy (N, M), N ≥ 1.
+
+    The fused step's backward: the bias gradient of a Dense layer followed by
+    the activation is the batch sum of dz, so summing each row as it is made
+    saves reading dz again.  The rows are added in NumPy's order for
+    ``dz.sum(axis=0)`` (row 0, then + row 1, + row 2, ...), which makes db
+    bit-identical to the reference for M ≥ 2; a single column NumPy sums
+    pairwise, so the backend sends M = 1 to the reference.  dz is distinct
+    from y and dy.
+    """
+    n, m = y.shape
+    zero = y.dtype.type(0)
+    one = y.dtype.type(1)
+    a = y.dtype.type(alpha)
+    for j in range(m):
+        d = _bwd(code, y[0, j], dy[0, j], a, zero, one)
+        dz[0, j] = d
+        db[j] = d
+    for i in range(1, n):
+        for j in range(m):
+            d = _bwd(code, y[i, j], dy[i, j], a, zero, one)
+            dz[i, j] = d
+            db[j] += d
 
 
 # -- softmax cross-entropy, loss and gradient ---------------------------------

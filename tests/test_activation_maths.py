@@ -144,3 +144,27 @@ def test_fused_step_is_named_after_its_layers():
     step = fuse_dense_activation(model.layers)[0]
     assert step.name == f"{model.layers[0].name}+{model.layers[1].name}"
     assert step.dense is model.layers[0] and step.activation is model.layers[1]
+
+
+@pytest.mark.parametrize("name", [b for b in ("numpy", "numba") if b in BACKENDS])
+@pytest.mark.parametrize("kind", sorted(ACT_CODES) + ["softsign"])
+def test_fused_step_backward_is_the_two_layers_backward(name, kind):
+    """The fused step takes db in the pass that makes dz; dW, db and dx equal running the
+    activation's backward and then the Dense layer's, bit for bit (float32 and float64)."""
+    for dtype in ("float32", "float64"):
+        act = Softsign() if kind == "softsign" else make(ACTIVATION_LAYERS[kind])
+        model = Sequential([Dense(13), act, Dense(2)], seed=5, backend=name, dtype=dtype)
+        model.build((6,))
+        step, dense = model.steps[0], model.layers[0]
+        assert isinstance(step, DenseActivation)
+        rng = np.random.default_rng(6)
+        x = model.backend.asarray(rng.standard_normal((11, 6)), dtype=dtype)
+        dy = model.backend.asarray(rng.standard_normal((11, 13)), dtype=dtype)
+        step.forward(x, training=True)
+        dx_fused = step.backward(dy.copy())
+        fused = {k: g.copy() for k, g in dense.grads.items()}
+        dense.grads["W"][...] = dense.grads["b"][...] = np.nan
+        dx_plain = dense.backward(act.backward(dy.copy()))
+        for k in ("W", "b"):
+            np.testing.assert_array_equal(fused[k], dense.grads[k])
+        np.testing.assert_array_equal(dx_fused, dx_plain)

@@ -133,6 +133,42 @@ def test_act_backward_out_semantics(kind, dtype, shape, rng):
     close(y2, want)
 
 
+@pytest.mark.parametrize("kind", ACTIVATIONS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 1), (1, 9), (7, 1), (300, 1), (2, 2), (33, 17), (1000, 130)])
+def test_act_backward_bias_is_the_reference_bit_for_bit(kind, dtype, shape, rng):
+    """dz and db = Σ_n dz from one pass equal activation_backward and NumPy's own batch sum exactly
+    (the kernel adds rows in NumPy's order; one column, summed pairwise by NumPy, uses the reference)."""
+    a = act(kind, ALPHA.get(kind, 0.0))
+    y = REF.activation_forward(a, rand(rng, shape, dtype)).copy()
+    dy = rand(rng, shape, dtype, 1.0)
+    y0, dy0 = y.copy(), dy.copy()
+    db_want = np.full(shape[1], np.nan, dtype)
+    want = REF.activation_bias_backward(a, y, dy, db_want)
+    np.testing.assert_array_equal(want.sum(axis=0), db_want)
+    db = np.full(shape[1], np.nan, dtype)
+    got = NB.activation_bias_backward(a, y, dy, db)
+    assert got.dtype == dtype and got.shape == shape
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(db, db_want)
+    np.testing.assert_array_equal(y, y0)     # inputs untouched
+    np.testing.assert_array_equal(dy, dy0)
+
+
+def test_act_backward_bias_falls_back_for_unusual_arrays(rng):
+    relu, softsign = act("relu"), Softsign()
+    y = REF.activation_forward(relu, rand(rng, (8, 12), np.float64))[:, ::2]    # not contiguous
+    dy = rand(rng, (8, 6), np.float64)
+    db = np.zeros(6)
+    close(NB.activation_bias_backward(relu, y, dy, db), dy * (y > 0))
+    close(db, (dy * (y > 0)).sum(axis=0))
+    z = rand(rng, (5, 4), np.float32)
+    y = softsign.f(np, z)
+    db = np.zeros(4, np.float32)
+    close(NB.activation_bias_backward(softsign, y, z, db), z * (1 - np.abs(y)) ** 2)
+    close(db, (z * (1 - np.abs(y)) ** 2).sum(axis=0))
+
+
 @settings(max_examples=30, deadline=None)
 @given(kind=st.sampled_from(ACTIVATIONS), f64=st.booleans(),
        rows=st.integers(1, 40), cols=st.integers(1, 70), seed=st.integers(0, 2**16))

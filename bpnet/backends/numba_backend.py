@@ -138,6 +138,19 @@ class NumbaBackend(NumpyBackend):
         K.act_backward(_flat(y), _flat(dy), _flat(out), code, float(act.alpha), dest)
         return out
 
+    def activation_bias_backward(self, act, y, dy, db):
+        """dz = dy ⊙ f'(z) and db = Σ_n dz in one kernel pass (the reference's
+        numbers bit for bit: rows summed in NumPy's order; one column, which
+        NumPy sums pairwise, goes to the reference)."""
+        code = act.code
+        if code not in _KERNEL_CODES or code == K.IDENTITY or \
+                not (y.ndim == 2 and y.shape[0] >= 1 and y.shape[1] >= 2 and _plain(y, dy, db)
+                     and _same_shape(y, dy) and db.shape == (y.shape[1],) and _writable(db)):
+            return super().activation_bias_backward(act, y, dy, db)
+        dz = np.empty_like(y)
+        K.act_backward_bias(y, dy, dz, db, code, float(act.alpha))
+        return dz
+
     # -- softmax cross-entropy ----------------------------------------------------
     def softmax_cross_entropy(self, z, q, class_weights=None):
         if not (z.ndim == 2 and z.size and _plain(z, q) and _same_shape(z, q)):
@@ -253,6 +266,7 @@ class NumbaBackend(NumpyBackend):
                 self.activation_forward(act, z)
             if code != K.IDENTITY:
                 self.activation_backward(act, z, z)
+                self.activation_bias_backward(act, z, z, b.copy())
         q = np.full_like(z, 0.25)
         self.softmax_cross_entropy(z, q)
         self.softmax_cross_entropy_labels(z, np.array([0, 1, 3]))

@@ -35,6 +35,14 @@ class NumpyBackend(Backend):
         d = act.dz(self.xp, y, dy)
         return d if out is None else _assign(out, d)
 
+    def activation_bias_backward(self, act, y, dy, db):
+        """The backward of a Dense + activation step up to the weights: returns
+        dz = dy ⊙ f'(z) (``activation_backward``) and writes the Dense layer's
+        bias gradient db = Σ_n dz (the batch sum) into ``db``."""
+        dz = self.activation_backward(act, y, dy)
+        dz.sum(axis=0, out=db)
+        return dz
+
     # -- softmax cross-entropy (forward and backward in one pass) ---------------
     def log_softmax(self, z):
         """log softmax(z) along rows, shifted by the row max so exp never overflows."""

@@ -73,9 +73,13 @@ class Dense(Layer):
 
     def backward(self, dy):
         self._require_forward("x")
-        xp, W, grads = self.backend.xp, self.params["W"], self.grads
-        xp.matmul(self.x.T, dy, out=grads["W"])             # dW = xᵀ dy
-        dy.sum(axis=0, out=grads["b"])                        # db = Σ_n dy
+        dy.sum(axis=0, out=self.grads["b"])                   # db = Σ_n dy
+        return self.weight_backward(dy)
+
+    def weight_backward(self, dy):
+        """The rest of backward, given db: writes dW and returns dx (None when not needed)."""
+        xp, W = self.backend.xp, self.params["W"]
+        xp.matmul(self.x.T, dy, out=self.grads["W"])        # dW = xᵀ dy
         return xp.matmul(dy, W.T) if self.needs_input_grad else None   # dx = dy Wᵀ
 
     def reset_parameters(self, rng, init=None):

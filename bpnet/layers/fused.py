@@ -11,8 +11,10 @@ class DenseActivation:
     Forward computes z = x W, then z ← f(z + b) in one fused pass
     (``backend.bias_activation_forward``: a kernel on the Numba and CuPy
     backends, the activation's own ``f`` on NumPy) instead of a bias pass and
-    an activation pass; both layers keep what their own ``backward`` needs, so
-    backward is simply the activation's backward followed by the Dense layer's.
+    an activation pass; both layers keep what their own ``backward`` needs.
+    Backward is the activation's backward followed by the Dense layer's, with
+    the bias gradient db = Σ_n dz taken in the same pass that makes dz
+    (``backend.activation_bias_backward``), then dW = xᵀ dz and dx = dz Wᵀ.
     """
 
     def __init__(self, dense, activation):
@@ -32,7 +34,11 @@ class DenseActivation:
         return act.y
 
     def backward(self, dy):
-        return self.dense.backward(self.activation.backward(dy))
+        dense, act = self.dense, self.activation
+        act._require_forward("y")
+        dense._require_forward("x")
+        dz = dense.backend.activation_bias_backward(act, act.y, dy, dense.grads["b"])   # dz = dy f'(z), db = Σ_n dz
+        return dense.weight_backward(dz)
 
     def __repr__(self):
         return f"DenseActivation({self.name})"
