@@ -387,6 +387,32 @@ def available_frameworks():
     return present, missing
 
 
+def cpu_ticks():
+    """(steal, total) jiffies of all CPUs from /proc/stat, or None where there is none.
+    Steal is time the hypervisor gave this VM's CPUs to someone else: on a shared
+    host it is the noise every figure here carries."""
+    try:
+        with open("/proc/stat") as fh:
+            fields = [int(v) for v in fh.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return (fields[7] if len(fields) > 7 else 0), sum(fields[:8])
+
+
+def steal_share(start, stop):
+    if start is None or stop is None or stop[1] == start[1]:
+        return None
+    return (stop[0] - start[0]) / (stop[1] - start[1])
+
+
+def ratio_range(results, peer, fw, i):
+    """Min and max over rounds of peer's step time over fw's in the same round (rounds interleave)."""
+    a = results[peer]["cases"][i]["round_step_s"]
+    b = results[fw]["cases"][i]["round_step_s"]
+    ratios = [x / y for x, y in zip(a, b)]
+    return min(ratios), max(ratios)
+
+
 def print_table(results, ceiling):
     from bpnet.backends import default_backend_name
     backend = default_backend_name()
@@ -404,12 +430,16 @@ def print_table(results, ceiling):
             eff = bound["cases"][i]["bound_s"] / step if bound else float("nan")
             ratios = "".join(f"{results[p]['cases'][i]['median_step_s'] / step:>10.2f}x"
                              if fw.startswith("bpnet") else f"{'':>11}" for p in peers)
+            if fw == default and peers:
+                spread = [ratio_range(results, p, fw, i) for p in peers]
+                ratios += "   rounds: " + ", ".join(f"{lo:.2f}-{hi:.2f}" for lo, hi in spread)
             mark = "*" if fw == default else " "
             print(f"{name:<26}{fw + mark:<13}{batch / step:>11,.0f}{gf:>9.1f}{100 * gf / ceiling:>6.0f}%"
                   f"{eff:>9.2f}{ratios}")
     print(f"* bpnet's default backend for a run this long ({backend!r}).  'vs X' is X's step time over bpnet's (> 1: bpnet is faster).  "
           "GFLOP/s counts 6·batch·Σ in·out per step; 'step eff' is the step's matrix products timed "
-          "alone over the measured step (1.0 is the limit).")
+          "alone over the measured step (1.0 is the limit).  'rounds' is the lowest and highest "
+          "per-round ratio of the default backend to each peer, in the order of the columns.")
 
 
 def main(argv=None):
@@ -439,13 +469,18 @@ def main(argv=None):
     # Rounds interleave the frameworks, so a slow spell on a shared machine hits all of them;
     # each case's figure is the median over rounds of each worker's median.
     rounds = {fw: [] for fw in frameworks}
+    ticks_start = cpu_ticks()
     for _ in range(args.rounds):
         for fw in frameworks:
             res = run_worker_process(fw, args)
             if res:
                 rounds[fw].append(res)
+    steal = steal_share(ticks_start, cpu_ticks())
     results = {fw: combine_rounds(runs) for fw, runs in rounds.items() if runs}
     print_table(results, ceiling)
+    if steal is not None:
+        print(f"CPU steal during the timed rounds: {100 * steal:.1f}% of CPU time (time the hypervisor "
+              "ran other guests; above a few percent, expect the rounds to disagree)")
     print("\npeak RSS (MB): " + ", ".join(f"{fw} {res['peak_rss_mb']:.0f}" for fw, res in results.items()))
     if "bpnet-numba" in results:
         compile_s = numba_compile_seconds()
@@ -461,7 +496,8 @@ def main(argv=None):
               f"difference {d['wall_s'] - n['wall_s']:+.2f} s")
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"ceiling_gflops": ceiling, "results": results, "startup": starts}, fh, indent=1)
+            json.dump({"ceiling_gflops": ceiling, "results": results, "startup": starts,
+                       "cpu_steal_share": steal}, fh, indent=1)
 
 
 def cpu_name() -> str:
