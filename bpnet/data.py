@@ -148,7 +148,11 @@ class DataLoader:
             out = buf[:len(idx)]
         else:
             out = np.empty((len(idx),) + a.shape[1:], a.dtype)
-        return np.take(a, idx, axis=0, out=out)
+        # idx is a slice of a permutation of range(n), so every index is in range and
+        # "clip" changes nothing; the default mode="raise" makes NumPy gather into a
+        # hidden buffer and copy it to `out`: 3.3 ms instead of 0.27 ms for 1024 rows
+        # of a (60000, 784) float32 array.
+        return np.take(a, idx, axis=0, out=out, mode="clip")
 
     def __iter__(self):
         n, b = self.n_samples, self.batch_size
