@@ -99,7 +99,7 @@ def torch_stepper(kind, sizes, seed=0):
     return convert, step
 
 
-def bpnet_stepper(kind, sizes, backend, seed=0):
+def bpnet_model(kind, sizes, backend, seed=0):
     from bpnet import Adam, Dense, ReLU, Sequential, Tanh
     act = Tanh if kind == "tiny" else ReLU
     layers = []
@@ -109,6 +109,11 @@ def bpnet_stepper(kind, sizes, backend, seed=0):
             layers.append(act())
     model = Sequential(layers, seed=seed, backend=backend)
     model.compile(loss="mse" if kind == "tiny" else "cross_entropy", optimizer=Adam(lr=1e-3))
+    return model
+
+
+def bpnet_stepper(kind, sizes, backend, seed=0):
+    model = bpnet_model(kind, sizes, backend, seed)
     model.build((sizes[0],))
     model.layers[0].needs_input_grad = False      # as in fit: nobody reads dL/dX
     model.loss.trusted = True                     # labels validated once, as in fit
@@ -250,6 +255,24 @@ def time_case(framework, kind, sizes, batch, repeats, quick):
     return {"median_step_s": times[len(times) // 2], "min_step_s": times[0], "steps": steps}
 
 
+def time_fit(kind, sizes, batch, backend, step_s, repeats, quick):
+    """Seconds per step of ``Sequential.fit`` on the case's 16 batches as one data set: what a
+    user's run costs, with the batches shuffled and gathered each epoch, the accuracy counted
+    and the callbacks called (``step_s``, the bare step's time, sizes the run)."""
+    import numpy as np
+    xs, ys = make_data(sizes, batch, 16)
+    X, y = np.concatenate(xs), np.concatenate(ys)
+    model = bpnet_model(kind, sizes, backend)
+    model.fit(X, y, epochs=1, batch_size=batch, verbose=0)           # warm-up
+    epochs = max(1, int(target_seconds(sizes, batch, quick) / (16 * step_s)))
+    times = []
+    for _ in range(max(3, repeats // 2)):
+        t0 = time.perf_counter()
+        model.fit(X, y, epochs=epochs, batch_size=batch, verbose=0)
+        times.append((time.perf_counter() - t0) / (16 * epochs))
+    return sorted(times)[len(times) // 2]
+
+
 def set_threads(framework, n):
     from threadpoolctl import threadpool_limits
     threadpool_limits(n)
@@ -271,7 +294,11 @@ def worker(framework, threads, repeats, quick):
         if framework.startswith("bpnet"):       # the bound for everyone (NumPy's products, same shapes)
             res["bound_s"] = matmul_bound(sizes, batch)
         out["cases"].append(res)
-    out["peak_rss_mb"] = peak_rss_mb()
+    out["peak_rss_mb"] = peak_rss_mb()           # the steps' peak, before fit holds the data once more
+    if framework.startswith("bpnet"):
+        for res in out["cases"]:
+            res["fit_step_s"] = time_fit(res["kind"], tuple(res["sizes"]), res["batch"], framework.split("-")[1],
+                                         res["median_step_s"], repeats, quick)
     print(json.dumps(out))
 
 
@@ -343,6 +370,9 @@ def combine_rounds(runs):
         steps = sorted(r["cases"][i]["median_step_s"] for r in runs)
         out["cases"].append({**case, "median_step_s": steps[len(steps) // 2],
                              "round_step_s": [r["cases"][i]["median_step_s"] for r in runs]})
+        if "fit_step_s" in case:
+            fits = sorted(r["cases"][i]["fit_step_s"] for r in runs)
+            out["cases"][-1]["fit_step_s"] = fits[len(fits) // 2]
     out["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
     return out
 
@@ -442,6 +472,20 @@ def print_table(results, ceiling):
           "per-round ratio of the default backend to each peer, in the order of the columns.")
 
 
+def print_fit_table(results):
+    """bpnet through ``fit`` beside its bare step (the figure the peers are compared on)."""
+    rows = [(fw, res) for fw, res in results.items() if "fit_step_s" in res["cases"][0]]
+    if not rows:
+        return
+    print("\nthrough Sequential.fit (batches shuffled and gathered, accuracy, callbacks), ms per step "
+          "and over the bare step:")
+    for i, (kind, sizes, batch) in enumerate(CASES):
+        name = f"{kind} {'-'.join(map(str, sizes)) if kind != 'deep' else '64-(256x8)-10'} b{batch}"
+        cells = [f"{fw} {1e3 * r['cases'][i]['fit_step_s']:.3f} ms ({r['cases'][i]['fit_step_s'] / r['cases'][i]['median_step_s']:.2f}x)"
+                 for fw, r in rows]
+        print(f"  {name:<26}" + "   ".join(cells))
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=os.cpu_count())
@@ -478,6 +522,7 @@ def main(argv=None):
     steal = steal_share(ticks_start, cpu_ticks())
     results = {fw: combine_rounds(runs) for fw, runs in rounds.items() if runs}
     print_table(results, ceiling)
+    print_fit_table(results)
     if steal is not None:
         print(f"CPU steal during the timed rounds: {100 * steal:.1f}% of CPU time (time the hypervisor "
               "ran other guests; above a few percent, expect the rounds to disagree)")
