@@ -20,6 +20,11 @@ step (XLA); scikit-learn's ``MLPClassifier``/``MLPRegressor.partial_fit`` on one
 batch is one Adam step of its NumPy backprop.  Peers that are not installed
 are skipped with a note (``pip install jax scikit-learn torch==2.13.0``).
 
+bpnet is also timed through ``Sequential.fit`` on the same 16 batches as one
+data set (shuffled gathers, accuracy, callbacks), after its worker's peak RSS
+is taken.  The share of CPU time the hypervisor stole during the rounds is
+printed with the table: on a shared host it is the noise the figures carry.
+
 Start-up: a 20-line script that trains a tiny net is timed end to end (wall
 time and peak RSS) with bpnet's default backend and with ``backend="numpy"``.
 
