@@ -54,6 +54,12 @@ FRAMEWORKS = PEERS + ["bpnet-numpy", "bpnet-numba"]
 PEER_PACKAGES = {"torch": "torch", "jax": "jax", "sklearn": "sklearn"}
 
 
+def middle(values):
+    """The median of an odd count, the upper middle of an even one: how every figure here is taken."""
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2]
+
+
 def flops_per_step(sizes, batch):
     """The conventional count: 2·batch·in·out for each layer's forward, twice that for backward."""
     return 6 * batch * sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
@@ -231,7 +237,7 @@ def matmul_bound(sizes, batch, repeats=7):
                 for _ in range(reps):
                     np.matmul(p, q, out=out)
                 times.append((time.perf_counter() - t0) / reps)
-            total += sorted(times)[len(times) // 2]
+            total += middle(times)
     return total
 
 
@@ -256,8 +262,7 @@ def time_case(framework, kind, sizes, batch, repeats, quick):
         for i in range(steps):
             step(xs[i % 16], ys[i % 16])
         times.append((time.perf_counter() - t0) / steps)
-    times.sort()
-    return {"median_step_s": times[len(times) // 2], "min_step_s": times[0], "steps": steps}
+    return {"median_step_s": middle(times), "min_step_s": min(times), "steps": steps}
 
 
 def time_fit(kind, sizes, batch, backend, step_s, repeats, quick):
@@ -275,7 +280,7 @@ def time_fit(kind, sizes, batch, backend, step_s, repeats, quick):
         t0 = time.perf_counter()
         model.fit(X, y, epochs=epochs, batch_size=batch, verbose=0)
         times.append((time.perf_counter() - t0) / (16 * epochs))
-    return sorted(times)[len(times) // 2]
+    return middle(times)
 
 
 def set_threads(framework, n):
@@ -372,12 +377,11 @@ def combine_rounds(runs):
     out = dict(runs[0])
     out["cases"] = []
     for i, case in enumerate(runs[0]["cases"]):
-        steps = sorted(r["cases"][i]["median_step_s"] for r in runs)
-        out["cases"].append({**case, "median_step_s": steps[len(steps) // 2],
-                             "round_step_s": [r["cases"][i]["median_step_s"] for r in runs]})
-        if "fit_step_s" in case:
-            fits = sorted(r["cases"][i]["fit_step_s"] for r in runs)
-            out["cases"][-1]["fit_step_s"] = fits[len(fits) // 2]
+        merged = {**case, "round_step_s": [r["cases"][i]["median_step_s"] for r in runs]}
+        for key in ("median_step_s", "fit_step_s"):
+            if key in case:
+                merged[key] = middle(r["cases"][i][key] for r in runs)
+        out["cases"].append(merged)
     out["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
     return out
 
@@ -410,7 +414,7 @@ def startup(backend, runs=3):
             return None
         rss.append(int(proc.stderr.strip().splitlines()[-1]) / 1024)
         used = proc.stdout.split()[0]
-    return {"wall_s": sorted(walls)[runs // 2], "peak_rss_mb": sorted(rss)[runs // 2], "backend": used}
+    return {"wall_s": middle(walls), "peak_rss_mb": middle(rss), "backend": used}
 
 
 def available_frameworks():
