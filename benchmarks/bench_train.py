@@ -20,6 +20,11 @@ step (XLA); scikit-learn's ``MLPClassifier``/``MLPRegressor.partial_fit`` on one
 batch is one Adam step of its NumPy backprop.  Peers that are not installed
 are skipped with a note (``pip install jax scikit-learn torch==2.13.0``).
 
+Under the table, the **floor** of a bpnet step: its matrix products timed
+alone plus one serial Adam pass timed alone (in cache), and each peer's
+measured step over that floor, the largest ratio any bpnet step could show on
+that machine with NumPy's BLAS; a '<' marks a floor below the issue's 1.15x.
+
 bpnet is also timed through ``Sequential.fit`` on the same 16 batches as one
 data set (shuffled gathers, accuracy, callbacks), after its worker's peak RSS
 is taken.  The share of CPU time the hypervisor stole during the rounds is
@@ -30,6 +35,10 @@ time and peak RSS) with bpnet's default backend and with ``backend="numpy"``.
 
     python benchmarks/bench_train.py [--threads N] [--repeats 5] [--rounds 3] [--quick]
     OPENBLAS_CORETYPE=Haswell python benchmarks/bench_train.py   # the AVX2 kernels on an AVX-512 CPU
+
+With ``OPENBLAS_CORETYPE=Haswell`` the peers are held to AVX2 as well (MKL and
+oneDNN in PyTorch, XLA in JAX), so that the picture is the one an AVX2 machine
+gives rather than bpnet's AVX2 products against the peers' AVX-512 ones.
 """
 from __future__ import annotations
 
@@ -241,6 +250,27 @@ def matmul_bound(sizes, batch, repeats=7):
     return total
 
 
+def optimizer_bound(sizes, backend, repeats=7):
+    """Seconds one Adam update over the case's parameters takes alone, in cache, on one core:
+    with the products' bound, the floor of a step whose optimizer runs serially (see
+    kernels/numba_kernels.py for why bpnet's does)."""
+    import numpy as np
+    from bpnet.backends import get_backend
+    be = get_backend(backend)
+    n = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
+    rng = np.random.default_rng(0)
+    p, g = rng.standard_normal(n).astype(np.float32), rng.standard_normal(n).astype(np.float32)
+    m, v = np.zeros_like(p), np.zeros_like(p)
+    reps = max(3, int(2e-3 / (n * 0.6e-9)))
+    times = []
+    for _ in range(repeats + 1):
+        t0 = time.perf_counter()
+        for t in range(1, reps + 1):
+            be.adam_step(p, g, m, v, 1e-3, 0.9, 0.999, 1e-8, 0.0, t, False)
+        times.append((time.perf_counter() - t0) / reps)
+    return middle(times[1:])
+
+
 def time_case(framework, kind, sizes, batch, repeats, quick):
     if framework in STEPPERS:
         convert, step = STEPPERS[framework](kind, sizes)
@@ -283,9 +313,23 @@ def time_fit(kind, sizes, batch, backend, step_s, repeats, quick):
     return middle(times)
 
 
+def avx2_only():
+    """OpenBLAS told to use its Haswell kernels: the peers are held to AVX2 as well."""
+    return os.environ.get("OPENBLAS_CORETYPE", "").lower() == "haswell"
+
+
+# What holds each peer's own kernels to AVX2 (read when its library loads): MKL and oneDNN in
+# PyTorch, XLA's code generator in JAX.  On a real AVX2 machine they do nothing.
+AVX2_ENV = {"torch": {"MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
+            "jax": {"XLA_FLAGS": "--xla_cpu_max_isa=AVX2"}}
+
+
 def set_threads(framework, n):
     from threadpoolctl import threadpool_limits
     threadpool_limits(n)
+    if avx2_only():
+        for key, value in AVX2_ENV.get(framework, {}).items():
+            os.environ[key] = (os.environ.get(key, "") + " " + value).strip()
     if framework == "torch":          # only the torch worker imports torch
         import torch
         torch.set_num_threads(n)
@@ -303,6 +347,7 @@ def worker(framework, threads, repeats, quick):
         res.update(kind=kind, sizes=list(sizes), batch=batch)
         if framework.startswith("bpnet"):       # the bound for everyone (NumPy's products, same shapes)
             res["bound_s"] = matmul_bound(sizes, batch)
+            res["optimizer_s"] = optimizer_bound(sizes, framework.split("-")[1])
         out["cases"].append(res)
     out["peak_rss_mb"] = peak_rss_mb()           # the steps' peak, before fit holds the data once more
     if framework.startswith("bpnet"):
@@ -350,17 +395,26 @@ def blas_info():
             for d in threadpool_info() if d.get("user_api") == "blas"]
 
 
-def numba_compile_seconds():
-    """First-call cost of the Numba kernels: (cold cache, warm on-disk cache), each in a fresh process."""
+PEAK_RSS_LINE = ("\nimport sys; print([int(l.split()[1]) for l in open('/proc/self/status') "
+                 "if l.startswith('VmHWM:')][0], file=sys.stderr)")
+
+
+def numba_first_call():
+    """First-call cost of the Numba kernels, each in a fresh process: seconds with a cold cache,
+    seconds with the warm on-disk cache, and the extra peak RSS (MB) of loading them (the warm
+    process against one that only imports bpnet's backends)."""
     import tempfile
-    code = "from bpnet.backends import get_backend; print(get_backend('numba').warmup('float32'))"
+    load = "from bpnet.backends import get_backend; print(get_backend('numba').warmup('float32'))"
+    plain = "import bpnet.backends; print(0)"
     with tempfile.TemporaryDirectory() as cache:
         env = {**os.environ, "NUMBA_CACHE_DIR": cache}
-        runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
-                for _ in range(2)]
+        runs = [subprocess.run([sys.executable, "-c", code + PEAK_RSS_LINE], capture_output=True,
+                               text=True, env=env) for code in (load, load, plain)]
     if any(r.returncode for r in runs):
         return None
-    return tuple(float(r.stdout.strip().splitlines()[-1]) for r in runs)
+    cold, warm = (float(r.stdout.strip().splitlines()[-1]) for r in runs[:2])
+    extra_mb = (int(runs[1].stderr.split()[-1]) - int(runs[2].stderr.split()[-1])) / 1024
+    return cold, warm, extra_mb
 
 
 def run_worker_process(framework, args):
@@ -378,7 +432,7 @@ def combine_rounds(runs):
     out["cases"] = []
     for i, case in enumerate(runs[0]["cases"]):
         merged = {**case, "round_step_s": [r["cases"][i]["median_step_s"] for r in runs]}
-        for key in ("median_step_s", "fit_step_s"):
+        for key in ("median_step_s", "fit_step_s", "bound_s", "optimizer_s"):
             if key in case:
                 merged[key] = middle(r["cases"][i][key] for r in runs)
         out["cases"].append(merged)
@@ -406,9 +460,7 @@ def startup(backend, runs=3):
     walls, rss = [], []
     for _ in range(runs):
         t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-c", code + "\nimport sys; print([int(l.split()[1]) for l in "
-                               "open('/proc/self/status') if l.startswith('VmHWM:')][0], file=sys.stderr)"],
-                              capture_output=True, text=True)
+        proc = subprocess.run([sys.executable, "-c", code + PEAK_RSS_LINE], capture_output=True, text=True)
         walls.append(time.perf_counter() - t0)
         if proc.returncode:
             return None
@@ -481,6 +533,33 @@ def print_table(results, ceiling):
           "per-round ratio of the default backend to each peer, in the order of the columns.")
 
 
+def print_limits(results, target=1.15):
+    """The floor of a bpnet step on this machine: its matrix products, each timed alone, plus one
+    serial Adam pass, alone and in cache.  Each peer's measured step over that floor is the
+    largest ratio any bpnet step could show here: below the target, the target is out of
+    reach whatever the rest of the step costs."""
+    fw = next((f for f in ("bpnet-numba", "bpnet-numpy") if f in results
+               and "optimizer_s" in results[f]["cases"][0]), None)
+    peers = [p for p in PEERS if p in results]
+    if fw is None or not peers:
+        return
+    print(f"\nthe floor of a step ({fw}: products alone + one serial Adam pass alone) and each peer's "
+          f"step over it, the most any bpnet step could reach here ('<' marks below {target}x):")
+    header = (f"  {'case':<26}{'products':>10}{'Adam':>8}{'floor':>9}{'measured':>10}"
+              + "".join(f"{'vs ' + p:>11}" for p in peers))
+    print(header + "\n  " + "-" * (len(header) - 2))
+    for i, (kind, sizes, batch) in enumerate(CASES):
+        name = f"{kind} {'-'.join(map(str, sizes)) if kind != 'deep' else '64-(256x8)-10'} b{batch}"
+        case = results[fw]["cases"][i]
+        floor = case["bound_s"] + case["optimizer_s"]
+        cells = ""
+        for p in peers:
+            r = results[p]["cases"][i]["median_step_s"] / floor
+            cells += f"{r:>9.2f}x" + ("<" if r < target else " ")
+        print(f"  {name:<26}{1e3 * case['bound_s']:>8.3f}ms{1e3 * case['optimizer_s']:>6.3f}ms"
+              f"{1e3 * floor:>7.3f}ms{1e3 * case['median_step_s']:>8.3f}ms{cells}")
+
+
 def print_fit_table(results):
     """bpnet through ``fit`` beside its bare step (the figure the peers are compared on)."""
     rows = [(fw, res) for fw, res in results.items() if "fit_step_s" in res["cases"][0]]
@@ -517,6 +596,10 @@ def main(argv=None):
     print(f"machine: {cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
           f"threads per framework: {args.threads}")
     print(f"BLAS: {blas_info()}   OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}")
+    if avx2_only():
+        print("AVX2 picture: the peers are held to AVX2 too ("
+              + "; ".join(f"{fw}: " + " ".join(f"{k}={v}" for k, v in env.items()) for fw, env in AVX2_ENV.items())
+              + ")")
     print(f"float32 matmul ceiling (best 2048^3 product): {ceiling:.1f} GFLOP/s; "
           f"load average at start {os.getloadavg()[0]:.2f}")
     # Rounds interleave the frameworks, so a slow spell on a shared machine hits all of them;
@@ -531,16 +614,23 @@ def main(argv=None):
     steal = steal_share(ticks_start, cpu_ticks())
     results = {fw: combine_rounds(runs) for fw, runs in rounds.items() if runs}
     print_table(results, ceiling)
+    print_limits(results)
     print_fit_table(results)
     if steal is not None:
         print(f"CPU steal during the timed rounds: {100 * steal:.1f}% of CPU time (time the hypervisor "
               "ran other guests; above a few percent, expect the rounds to disagree)")
     print("\npeak RSS (MB): " + ", ".join(f"{fw} {res['peak_rss_mb']:.0f}" for fw, res in results.items()))
     if "bpnet-numba" in results:
-        compile_s = numba_compile_seconds()
-        if compile_s:
-            print(f"numba kernels, first call in a new process: {compile_s[0]:.2f} s with an empty cache "
-                  f"(compiling), {compile_s[1]:.2f} s with the on-disk cache (cache=True)")
+        first = numba_first_call()
+        if first:
+            cold, warm, extra_mb = first
+            print(f"numba kernels, first call in a new process: {cold:.2f} s with an empty cache "
+                  f"(compiling), {warm:.2f} s with the on-disk cache (cache=True); loading them "
+                  f"adds {extra_mb:.0f} MB of peak RSS (Numba and LLVM)")
+            if "bpnet-numpy" in results and "torch" in results:
+                floor = results["bpnet-numpy"]["peak_rss_mb"] + extra_mb
+                print(f"  so the numba worker's floor is the numpy worker's peak + {extra_mb:.0f} MB = "
+                      f"{floor:.0f} MB, against half of PyTorch's: {results['torch']['peak_rss_mb'] / 2:.0f} MB")
     starts = {b: startup(b) for b in (None, "numpy")}
     if all(starts.values()):
         d, n = starts[None], starts["numpy"]
