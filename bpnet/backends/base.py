@@ -37,6 +37,11 @@ class Backend:
     name = "base"
     xp = np
 
+    # -- matrix products ----------------------------------------------------
+    def matmul(self, a, b, out=None):
+        """a @ b, into ``out`` when it is given: every Dense layer's products."""
+        return self.xp.matmul(a, b, out=out)
+
     # -- arrays and devices -------------------------------------------------
     def asarray(self, x, dtype=None):
         """Move ``x`` (any array-like) onto this backend's device."""

@@ -4,7 +4,8 @@ Every method keeps the signature, return value and in-place effects of the
 :class:`NumpyBackend` method it overrides, and computes the same formula in one
 compiled sweep instead of several array expressions (see the docstring of
 ``kernels/numba_kernels.py`` for the compilation choices).  Matrix products
-are the layers' own ``xp.matmul`` calls, on BLAS.
+go to Intel MKL where the ``mkl`` package is installed (``mkl_gemm.py``), and
+to NumPy's BLAS otherwise.
 
 Activations: the layer's ``code`` (``kernels/activation_codes.py``) selects
 the fused kernel; a layer without one runs its own ``f`` / ``dz`` code.
@@ -22,6 +23,7 @@ import numpy as np
 
 from bpnet.kernels import numba_kernels as K
 
+from .mkl_gemm import load_mkl_gemm
 from .numpy_backend import NumpyBackend
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
@@ -63,6 +65,18 @@ def _flat(a):
 
 class NumbaBackend(NumpyBackend):
     name = "numba"
+
+    # -- matrix products ----------------------------------------------------------
+    def matmul(self, a, b, out=None):
+        """a @ b on MKL's gemm where it is installed and takes the operands, else on NumPy's BLAS."""
+        gemm = load_mkl_gemm()
+        product = None if gemm is None else gemm.gemm(a, b, out)
+        return np.matmul(a, b, out=out) if product is None else product
+
+    @property
+    def products_library(self):
+        """Which library multiplies this backend's matrices: "MKL" or "NumPy's BLAS"."""
+        return "NumPy's BLAS" if load_mkl_gemm() is None else "MKL"
 
     # -- pointwise activations --------------------------------------------------
     # An activation whose code has no kernel here (a layer of the user's own,

@@ -67,7 +67,7 @@ class Dense(Layer):
         self._ensure_built(x)
         self._check_features(x, self.in_features)
         self.x = x
-        y = self.backend.xp.matmul(x, self.params["W"])     # y = x W
+        y = self.backend.matmul(x, self.params["W"])        # y = x W
         y += self.params["b"]                                 #   + b, in place
         return y
 
@@ -78,9 +78,9 @@ class Dense(Layer):
 
     def weight_backward(self, dy):
         """The rest of backward, given db: writes dW and returns dx (None when not needed)."""
-        xp, W = self.backend.xp, self.params["W"]
-        xp.matmul(self.x.T, dy, out=self.grads["W"])        # dW = xᵀ dy
-        return xp.matmul(dy, W.T) if self.needs_input_grad else None   # dx = dy Wᵀ
+        backend, W = self.backend, self.params["W"]
+        backend.matmul(self.x.T, dy, out=self.grads["W"])   # dW = xᵀ dy
+        return backend.matmul(dy, W.T) if self.needs_input_grad else None   # dx = dy Wᵀ
 
     def reset_parameters(self, rng, init=None):
         """Draw fresh W (with ``init`` or the layer's own initialiser) and zero b."""

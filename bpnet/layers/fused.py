@@ -29,7 +29,7 @@ class DenseActivation:
         dense, act = self.dense, self.activation
         dense._check_features(x, dense.in_features)
         dense.x = x
-        z = dense.backend.xp.matmul(x, dense.params["W"])                    # z = x W
+        z = dense.backend.matmul(x, dense.params["W"])                       # z = x W
         act.y = dense.backend.bias_activation_forward(act, z, dense.params["b"])   # y = f(z + b)
         return act.y
 

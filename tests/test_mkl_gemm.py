@@ -1,0 +1,139 @@
+"""MKL's gemm behind the numba backend's matrix products (bpnet/backends/mkl_gemm.py).
+
+Its products are compared with an independent float64 reference (NumPy's
+product of the operands in float64): float64 to 1e-12 and float32 to 1e-5 of
+Σ_k |a_ik||b_kj|, the size a rounding error of the sum can reach.  Operands
+MKL cannot take (other dtypes or ranks, strided or overlapping arrays) must
+come back from ``NumbaBackend.matmul`` as NumPy's product, and the same
+product must not depend on how its operands are aligned in memory.
+"""
+import numpy as np
+import pytest
+
+pytest.importorskip("numba")
+
+from bpnet.backends import mkl_gemm  # noqa: E402
+from bpnet.backends.numba_backend import NumbaBackend  # noqa: E402
+
+GEMM = mkl_gemm.load_mkl_gemm()
+needs_mkl = pytest.mark.skipif(GEMM is None, reason="the mkl package is not installed "
+                               "(pip install 'bpnet-framework[mkl]')")
+RTOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
+SHAPES = [(1, 1, 1), (3, 7, 5), (32, 784, 64), (130, 17, 256), (5, 300, 1)]
+LAYOUTS = ["C C", "F C", "C F", "F F"]
+
+
+def operand(rng, shape, layout, dtype):
+    a = rng.standard_normal(shape).astype(dtype)
+    return np.asfortranarray(a) if layout == "F" else a
+
+
+def assert_product(got, a, b):
+    want = a.astype(np.float64) @ b.astype(np.float64)
+    scale = np.abs(a).astype(np.float64) @ np.abs(b).astype(np.float64)
+    assert got.dtype == a.dtype and got.shape == want.shape
+    err = np.abs(got - want) / np.maximum(scale, np.finfo(np.float64).tiny)
+    assert err.max() <= RTOL[a.dtype], f"relative error {err.max():.2e}"
+
+
+@needs_mkl
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("m,k,n", SHAPES)
+def test_product_matches_float64_reference(m, k, n, layout, dtype):
+    rng = np.random.default_rng(m * 1000 + k + n)
+    la, lb = layout.split()
+    a, b = operand(rng, (m, k), la, dtype), operand(rng, (k, n), lb, dtype)
+    assert_product(GEMM.gemm(a, b), a, b)
+    out = np.full((m, n), np.nan, dtype)
+    assert GEMM.gemm(a, b, out) is out
+    assert_product(out, a, b)
+
+
+@needs_mkl
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_transposed_views_as_the_layers_pass_them(dtype):
+    """dW = xᵀ dy and dx = dy Wᵀ: the operands are transposed views, not copies."""
+    rng = np.random.default_rng(1)
+    x, dy, W = (rng.standard_normal(s).astype(dtype) for s in ((64, 30), (64, 20), (30, 20)))
+    dW = np.empty((30, 20), dtype)
+    assert GEMM.gemm(x.T, dy, dW) is dW
+    assert_product(dW, x.T, dy)
+    assert_product(GEMM.gemm(dy, W.T), dy, W.T)
+
+
+@needs_mkl
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_result_does_not_depend_on_alignment(dtype):
+    """MKL_CBWR_AUTO: the same operands at another address give the same bits."""
+    rng = np.random.default_rng(2)
+    a, b = rng.standard_normal((257, 300)).astype(dtype), rng.standard_normal((300, 129)).astype(dtype)
+    results = []
+    for shift in range(0, 64, 8):
+        buf = np.empty(a.nbytes + 128, np.uint8)
+        start = (-buf.ctypes.data) % 64 + shift
+        moved = buf[start:start + a.nbytes].view(dtype).reshape(a.shape)
+        moved[...] = a
+        results.append(GEMM.gemm(moved, b))
+    assert all(np.array_equal(results[0], r) for r in results[1:])
+
+
+def strided(rng):
+    return rng.standard_normal((8, 12))[:, ::2]
+
+
+UNSUPPORTED = {
+    "3-d operand": lambda r: (r.standard_normal((2, 3, 4)), r.standard_normal((4, 5)), None),
+    "integer dtype": lambda r: (np.arange(6).reshape(2, 3), np.arange(12).reshape(3, 4), None),
+    "mixed dtypes": lambda r: (r.standard_normal((2, 3)).astype(np.float32), r.standard_normal((3, 4)), None),
+    "float16": lambda r: (r.standard_normal((2, 3)).astype(np.float16),
+                          r.standard_normal((3, 4)).astype(np.float16), None),
+    "strided operand": lambda r: (r.standard_normal((5, 8)), strided(r), None),
+    "strided out": lambda r: (r.standard_normal((5, 3)), r.standard_normal((3, 4)), np.empty((5, 8))[:, ::2]),
+    "out of another dtype": lambda r: (r.standard_normal((5, 3)), r.standard_normal((3, 4)),
+                                       np.empty((5, 4), np.float32)),
+    "empty inner dimension": lambda r: (np.empty((4, 0)), np.empty((0, 3)), None),
+}
+
+
+@needs_mkl
+@pytest.mark.parametrize("case", sorted(UNSUPPORTED))
+def test_operands_mkl_cannot_take_go_to_numpy(case):
+    rng = np.random.default_rng(3)
+    a, b, out = UNSUPPORTED[case](rng)
+    assert GEMM.gemm(a, b, out) is None
+    want = np.matmul(a, b, out=None if out is None else np.empty_like(out))
+    got = NumbaBackend().matmul(a, b, out=out)
+    assert got.dtype == want.dtype and np.array_equal(got, want)
+
+
+@needs_mkl
+def test_out_overlapping_an_operand_goes_to_numpy():
+    a = np.random.default_rng(4).standard_normal((6, 6))
+    want = a @ a
+    assert GEMM.gemm(a, a, out=a) is None
+    NumbaBackend().matmul(a, a.copy(), out=a)
+    np.testing.assert_allclose(a, want, rtol=1e-12)
+
+
+def test_bpnet_mkl_0_turns_it_off(monkeypatch):
+    monkeypatch.setenv("BPNET_MKL", "0")
+    assert mkl_gemm._load() is None
+
+
+def test_numba_backend_names_its_products_library():
+    assert NumbaBackend().products_library == ("NumPy's BLAS" if GEMM is None else "MKL")
+
+
+@needs_mkl
+def test_dense_layers_multiply_on_mkl(monkeypatch):
+    """A numba model's Dense products go through MKL (counted), a numpy model's never do."""
+    from bpnet import Dense, ReLU, Sequential
+    calls = []
+    real = GEMM.gemm
+    monkeypatch.setattr(GEMM, "gemm", lambda a, b, out=None: calls.append(a.shape) or real(a, b, out))
+    X = np.random.default_rng(5).standard_normal((16, 4))
+    for backend in ("numpy", "numba"):
+        model = Sequential([Dense(8), ReLU(), Dense(2)], seed=0, backend=backend)
+        model.forward(X)
+        assert len(calls) == (0 if backend == "numpy" else 2)
