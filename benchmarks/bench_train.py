@@ -13,9 +13,10 @@ A step is forward + loss + backward + optimizer update.  For every case the
 worker times ``--repeats`` blocks of steps after a warm-up and reports the
 median; the table shows samples/s, bpnet's ratio to each peer, GFLOP/s
 (6 · batch · Σ in·out per step), and the **step efficiency**: the time the
-step's matrix products take when each is timed alone (NumPy, same shapes and
-layouts, no dL/dX for the input) divided by the measured step, so 1.0 is the
-limit of a step made only of matrix products.  JAX jit-compiles the whole
+step's matrix products take when each is timed alone (with bpnet's default
+backend's product library: MKL where the ``mkl`` package is installed, else
+NumPy's BLAS; same shapes and layouts, no dL/dX for the input) divided by the
+measured step, so 1.0 is the limit of a step made only of matrix products.  JAX jit-compiles the whole
 step (XLA); scikit-learn's ``MLPClassifier``/``MLPRegressor.partial_fit`` on one
 batch is one Adam step of its NumPy backprop.  Peers that are not installed
 are skipped with a note (``pip install jax scikit-learn torch==2.13.0``).
@@ -23,7 +24,7 @@ are skipped with a note (``pip install jax scikit-learn torch==2.13.0``).
 Under the table, the **floor** of a bpnet step: its matrix products timed
 alone plus one serial Adam pass timed alone (in cache), and each peer's
 measured step over that floor, the largest ratio any bpnet step could show on
-that machine with NumPy's BLAS; a '<' marks a floor below the issue's 1.15x.
+that machine with that product library; a '<' marks a floor below 1.15x.
 
 bpnet is also timed through ``Sequential.fit`` on the same 16 batches as one
 data set (shuffled gathers, accuracy, callbacks), after its worker's peak RSS
@@ -226,10 +227,13 @@ def sklearn_stepper(kind, sizes, seed=0):
 STEPPERS = {"torch": torch_stepper, "jax": jax_stepper, "sklearn": sklearn_stepper}
 
 
-def matmul_bound(sizes, batch, repeats=7):
-    """Seconds the step's matrix products take, each timed alone (NumPy, the step's shapes
-    and layouts): forward x W, backward xᵀ dy and dy Wᵀ (no dL/dX for the input)."""
+def matmul_bound(sizes, batch, backend, repeats=7):
+    """Seconds the step's matrix products take, each timed alone with the backend's own
+    product (NumPy's BLAS, or MKL on the numba backend where it is installed), in the step's
+    shapes and layouts: forward x W, backward xᵀ dy and dy Wᵀ (no dL/dX for the input)."""
     import numpy as np
+    from bpnet.backends import get_backend
+    matmul = get_backend(backend).matmul
     rng = np.random.default_rng(0)
     total = 0.0
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
@@ -244,7 +248,7 @@ def matmul_bound(sizes, batch, repeats=7):
             for _ in range(repeats):
                 t0 = time.perf_counter()
                 for _ in range(reps):
-                    np.matmul(p, q, out=out)
+                    matmul(p, q, out=out)
                 times.append((time.perf_counter() - t0) / reps)
             total += middle(times)
     return total
@@ -345,8 +349,8 @@ def worker(framework, threads, repeats, quick):
     for kind, sizes, batch in CASES:
         res = time_case(framework, kind, sizes, batch, repeats, quick)
         res.update(kind=kind, sizes=list(sizes), batch=batch)
-        if framework.startswith("bpnet"):       # the bound for everyone (NumPy's products, same shapes)
-            res["bound_s"] = matmul_bound(sizes, batch)
+        if framework.startswith("bpnet"):       # the bound of bpnet's own products, same shapes
+            res["bound_s"] = matmul_bound(sizes, batch, framework.split("-")[1])
             res["optimizer_s"] = optimizer_bound(sizes, framework.split("-")[1])
         out["cases"].append(res)
     out["peak_rss_mb"] = peak_rss_mb()           # the steps' peak, before fit holds the data once more
@@ -397,6 +401,17 @@ def blas_info():
 
 PEAK_RSS_LINE = ("\nimport sys; print([int(l.split()[1]) for l in open('/proc/self/status') "
                  "if l.startswith('VmHWM:')][0], file=sys.stderr)")
+
+
+def numba_products():
+    """Which library the numba backend multiplies matrices with, and its version."""
+    try:
+        from importlib.metadata import version
+        from bpnet.backends import get_backend
+        library = get_backend("numba").products_library
+    except Exception as exc:             # numba missing: the numba worker is skipped anyway
+        return f"(no numba backend: {exc})"
+    return f"MKL {version('mkl')}" if library == "MKL" else library
 
 
 def numba_first_call():
@@ -509,7 +524,7 @@ def print_table(results, ceiling):
     backend = default_backend_name()
     default = "bpnet-numba" if backend == "auto" else f"bpnet-{backend}"     # auto picks Numba for a long run
     peers = [p for p in PEERS if p in results]
-    bound = next((r for fw, r in results.items() if "bound_s" in r["cases"][0]), None)
+    bound = results.get(default) or next((r for r in results.values() if "bound_s" in r["cases"][0]), None)
     header = (f"{'case':<26}{'framework':<13}{'samples/s':>11}{'GFLOP/s':>9}{'% ceil':>7}{'step eff':>9}"
               + "".join(f"{'vs ' + p:>11}" for p in peers))
     print("\n" + header + "\n" + "-" * len(header))
@@ -529,7 +544,7 @@ def print_table(results, ceiling):
                   f"{eff:>9.2f}{ratios}")
     print(f"* bpnet's default backend for a run this long ({backend!r}).  'vs X' is X's step time over bpnet's (> 1: bpnet is faster).  "
           "GFLOP/s counts 6·batch·Σ in·out per step; 'step eff' is the step's matrix products timed "
-          "alone over the measured step (1.0 is the limit).  'rounds' is the lowest and highest "
+          f"alone with {default}'s product library over the measured step (1.0 is the limit).  'rounds' is the lowest and highest "
           "per-round ratio of the default backend to each peer, in the order of the columns.")
 
 
@@ -596,6 +611,7 @@ def main(argv=None):
     print(f"machine: {cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
           f"threads per framework: {args.threads}")
     print(f"BLAS: {blas_info()}   OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}")
+    print(f"bpnet numba backend's matrix products: {numba_products()}")
     if avx2_only():
         print("AVX2 picture: the peers are held to AVX2 too ("
               + "; ".join(f"{fw}: " + " ".join(f"{k}={v}" for k, v in env.items()) for fw, env in AVX2_ENV.items())

@@ -4,8 +4,9 @@ Its products are compared with an independent float64 reference (NumPy's
 product of the operands in float64): float64 to 1e-12 and float32 to 1e-5 of
 Σ_k |a_ik||b_kj|, the size a rounding error of the sum can reach.  Operands
 MKL cannot take (other dtypes or ranks, strided or overlapping arrays) must
-come back from ``NumbaBackend.matmul`` as NumPy's product, and the same
-product must not depend on how its operands are aligned in memory.
+come back from ``NumbaBackend.matmul`` as NumPy's product, as must products
+too small to repay a call into MKL, and the same product must not depend on
+how its operands are aligned in memory.
 """
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ GEMM = mkl_gemm.load_mkl_gemm()
 needs_mkl = pytest.mark.skipif(GEMM is None, reason="the mkl package is not installed "
                                "(pip install 'bpnet-framework[mkl]')")
 RTOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
-SHAPES = [(1, 1, 1), (3, 7, 5), (32, 784, 64), (130, 17, 256), (5, 300, 1)]
+SHAPES = [(64, 65, 64), (32, 784, 64), (130, 17, 256), (600, 300, 2), (1, 262145, 1), (300, 5, 200)]
 LAYOUTS = ["C C", "F C", "C F", "F F"]
 
 
@@ -55,8 +56,8 @@ def test_product_matches_float64_reference(m, k, n, layout, dtype):
 def test_transposed_views_as_the_layers_pass_them(dtype):
     """dW = xᵀ dy and dx = dy Wᵀ: the operands are transposed views, not copies."""
     rng = np.random.default_rng(1)
-    x, dy, W = (rng.standard_normal(s).astype(dtype) for s in ((64, 30), (64, 20), (30, 20)))
-    dW = np.empty((30, 20), dtype)
+    x, dy, W = (rng.standard_normal(s).astype(dtype) for s in ((256, 64), (256, 40), (64, 40)))
+    dW = np.empty((64, 40), dtype)
     assert GEMM.gemm(x.T, dy, dW) is dW
     assert_product(dW, x.T, dy)
     assert_product(GEMM.gemm(dy, W.T), dy, W.T)
@@ -78,21 +79,23 @@ def test_result_does_not_depend_on_alignment(dtype):
     assert all(np.array_equal(results[0], r) for r in results[1:])
 
 
-def strided(rng):
-    return rng.standard_normal((8, 12))[:, ::2]
+N = 100      # 100³ multiply-adds: large enough for MKL, so only the listed defect sends it away
+
+
+def square(r, dtype=np.float64):
+    return r.standard_normal((N, N)).astype(dtype)
 
 
 UNSUPPORTED = {
-    "3-d operand": lambda r: (r.standard_normal((2, 3, 4)), r.standard_normal((4, 5)), None),
-    "integer dtype": lambda r: (np.arange(6).reshape(2, 3), np.arange(12).reshape(3, 4), None),
-    "mixed dtypes": lambda r: (r.standard_normal((2, 3)).astype(np.float32), r.standard_normal((3, 4)), None),
-    "float16": lambda r: (r.standard_normal((2, 3)).astype(np.float16),
-                          r.standard_normal((3, 4)).astype(np.float16), None),
-    "strided operand": lambda r: (r.standard_normal((5, 8)), strided(r), None),
-    "strided out": lambda r: (r.standard_normal((5, 3)), r.standard_normal((3, 4)), np.empty((5, 8))[:, ::2]),
-    "out of another dtype": lambda r: (r.standard_normal((5, 3)), r.standard_normal((3, 4)),
-                                       np.empty((5, 4), np.float32)),
-    "empty inner dimension": lambda r: (np.empty((4, 0)), np.empty((0, 3)), None),
+    "3-d operand": lambda r: (r.standard_normal((2, N, N)), square(r), None),
+    "integer dtype": lambda r: (np.arange(N * N).reshape(N, N), np.arange(N * N).reshape(N, N), None),
+    "mixed dtypes": lambda r: (square(r, np.float32), square(r), None),
+    "float16": lambda r: (square(r, np.float16), square(r, np.float16), None),
+    "strided operand": lambda r: (square(r), r.standard_normal((N, 2 * N))[:, ::2], None),
+    "strided out": lambda r: (square(r), square(r), np.empty((N, 2 * N))[:, ::2]),
+    "out of another dtype": lambda r: (square(r), square(r), np.empty((N, N), np.float32)),
+    "empty inner dimension": lambda r: (np.empty((N, 0)), np.empty((0, N)), None),
+    "small product": lambda r: (r.standard_normal((64, 64)), r.standard_normal((64, 64)), None),
 }
 
 
@@ -109,7 +112,7 @@ def test_operands_mkl_cannot_take_go_to_numpy(case):
 
 @needs_mkl
 def test_out_overlapping_an_operand_goes_to_numpy():
-    a = np.random.default_rng(4).standard_normal((6, 6))
+    a = np.random.default_rng(4).standard_normal((N, N))
     want = a @ a
     assert GEMM.gemm(a, a, out=a) is None
     NumbaBackend().matmul(a, a.copy(), out=a)
@@ -127,13 +130,14 @@ def test_numba_backend_names_its_products_library():
 
 @needs_mkl
 def test_dense_layers_multiply_on_mkl(monkeypatch):
-    """A numba model's Dense products go through MKL (counted), a numpy model's never do."""
+    """A numba model's Dense products go through MKL (counted), a numpy model's never do.
+    Both products here (128·64·64 and 128·64·40 multiply-adds) are above the small limit."""
     from bpnet import Dense, ReLU, Sequential
     calls = []
     real = GEMM.gemm
     monkeypatch.setattr(GEMM, "gemm", lambda a, b, out=None: calls.append(a.shape) or real(a, b, out))
-    X = np.random.default_rng(5).standard_normal((16, 4))
+    X = np.random.default_rng(5).standard_normal((128, 64))
     for backend in ("numpy", "numba"):
-        model = Sequential([Dense(8), ReLU(), Dense(2)], seed=0, backend=backend)
+        model = Sequential([Dense(64), ReLU(), Dense(40)], seed=0, backend=backend)
         model.forward(X)
         assert len(calls) == (0 if backend == "numpy" else 2)

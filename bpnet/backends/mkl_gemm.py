@@ -18,6 +18,10 @@ else about a step is unchanged.
   wait, spinning, for the next one.  Sending them to sleep at once
   (``kmp_set_blocktime(0)``) made whole steps slower than on OpenBLAS, which
   spins the same way: waking the threads costs more than the products gain.
+* Small products stay on NumPy: below m·n·k = 2¹⁸ a call into MKL costs more
+  (about 7 µs) than the product, and OpenBLAS runs such products on the
+  calling thread alone (its own threshold), so its thread pool never wakes
+  to spin against MKL's.  A tiny network never calls MKL.
 * ``BPNET_MKL=0`` turns it off; without the libraries nothing changes.
 
 The result agrees with ``numpy.matmul`` to rounding (the sums run in another
@@ -34,6 +38,7 @@ import numpy as np
 
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
 _CBWR_AUTO = 2
+_SMALL = 4 * 65536          # m·n·k up to which OpenBLAS multiplies on one thread
 
 
 def _library(prefixes, pattern):
@@ -74,7 +79,7 @@ class MklGemm:
             return None
         m, k = a.shape
         n = b.shape[1]
-        if m == 0 or n == 0 or k == 0:
+        if m * n * k <= _SMALL:
             return None
         ta, tb = self._operand(a), self._operand(b)
         if ta is None or tb is None:
