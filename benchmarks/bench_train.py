@@ -37,9 +37,11 @@ time and peak RSS) with bpnet's default backend and with ``backend="numpy"``.
     python benchmarks/bench_train.py [--threads N] [--repeats 5] [--rounds 3] [--quick]
     OPENBLAS_CORETYPE=Haswell python benchmarks/bench_train.py   # the AVX2 kernels on an AVX-512 CPU
 
-With ``OPENBLAS_CORETYPE=Haswell`` the peers are held to AVX2 as well (MKL and
-oneDNN in PyTorch, XLA in JAX), so that the picture is the one an AVX2 machine
-gives rather than bpnet's AVX2 products against the peers' AVX-512 ones.
+With ``OPENBLAS_CORETYPE=Haswell`` the other kernel libraries are held to AVX2
+as well (MKL and oneDNN in PyTorch, XLA in JAX, MKL in bpnet's numba backend),
+so that the picture is the one an AVX2 machine gives rather than AVX2 products
+against AVX-512 ones.  (XLA's flag caps the code XLA generates; the matrix
+kernels compiled into jaxlib may still choose their own.)
 """
 from __future__ import annotations
 
@@ -318,14 +320,16 @@ def time_fit(kind, sizes, batch, backend, step_s, repeats, quick):
 
 
 def avx2_only():
-    """OpenBLAS told to use its Haswell kernels: the peers are held to AVX2 as well."""
+    """OpenBLAS told to use its Haswell kernels: every other kernel library is held to AVX2 too."""
     return os.environ.get("OPENBLAS_CORETYPE", "").lower() == "haswell"
 
 
-# What holds each peer's own kernels to AVX2 (read when its library loads): MKL and oneDNN in
-# PyTorch, XLA's code generator in JAX.  On a real AVX2 machine they do nothing.
+# What holds each framework's own kernels to AVX2 (read when its library loads): MKL and oneDNN
+# in PyTorch, XLA's code generator in JAX, MKL in bpnet's numba backend.  On a real AVX2 machine
+# they do nothing.
 AVX2_ENV = {"torch": {"MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
-            "jax": {"XLA_FLAGS": "--xla_cpu_max_isa=AVX2"}}
+            "jax": {"XLA_FLAGS": "--xla_cpu_max_isa=AVX2"},
+            "bpnet-numba": {"MKL_ENABLE_INSTRUCTIONS": "AVX2"}}
 
 
 def set_threads(framework, n):
@@ -613,7 +617,7 @@ def main(argv=None):
     print(f"BLAS: {blas_info()}   OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}")
     print(f"bpnet numba backend's matrix products: {numba_products()}")
     if avx2_only():
-        print("AVX2 picture: the peers are held to AVX2 too ("
+        print("AVX2 picture: the other kernel libraries are held to AVX2 too ("
               + "; ".join(f"{fw}: " + " ".join(f"{k}={v}" for k, v in env.items()) for fw, env in AVX2_ENV.items())
               + ")")
     print(f"float32 matmul ceiling (best 2048^3 product): {ceiling:.1f} GFLOP/s; "
