@@ -120,8 +120,11 @@ def _numba_info() -> dict:
         info["numba_threading_layer"] = f"not initialised (configured: {numba.config.THREADING_LAYER})"
     try:
         kernels = importlib.import_module("bpnet.kernels.numba_kernels")
+        # adam_step_parallel runs only on the OpenMP threads MKL's products already use
+        # (NumbaBackend.adam_step), so it adds no threads to count against the cores.
         info["bpnet_kernels_parallel"] = any(
-            getattr(obj, "targetoptions", {}).get("parallel", False) for obj in vars(kernels).values())
+            getattr(obj, "targetoptions", {}).get("parallel", False)
+            for name, obj in vars(kernels).items() if name != "adam_step_parallel")
     except Exception:
         pass
     return info

@@ -25,7 +25,11 @@ Compilation choices, shared by every kernel:
 * Serial, no ``parallel=True``: these loops are memory-bound and short; on a
   machine with few cores Numba's worker threads spin against OpenBLAS's
   threads, which run the matrix products of the same training step, and
-  whole steps become many times slower.  BLAS already uses the cores.
+  whole steps become many times slower.  BLAS already uses the cores.  The
+  one exception is ``adam_step_parallel`` (the serial kernel on pieces, over
+  ``prange``): the backend runs it only where the products run on MKL and
+  Numba's threads are OpenMP's, the runtime MKL's products already keep busy
+  (``NumbaBackend.adam_step``).
 * Scalars arrive as Python floats and are cast to the array dtype inside the
   kernel (``x.dtype.type(s)``), so float32 data is computed in float32 as
   NumPy does, and one compiled version serves every scalar value.
@@ -36,7 +40,7 @@ Compilation choices, shared by every kernel:
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from .activation_codes import ELU, IDENTITY, LEAKY_RELU, RELU, SIGMOID, TANH
 
@@ -45,11 +49,12 @@ __all__ = [
     "bias_act_forward", "bias_pre", "act_forward", "act_forward_", "act_pre",
     "act_post", "act_backward", "act_backward_bias",
     "xent_shift", "xent_finish", "xent_finish_labels",
-    "sgd_step", "adam_step", "rmsprop_step",
+    "sgd_step", "adam_step", "adam_step_parallel", "rmsprop_step",
     "sum_squares", "clip_grad_norm", "has_nonfinite",
 ]
 
 _jit = njit(cache=True, fastmath=False, error_model="numpy")
+_jit_parallel = njit(cache=True, fastmath=False, error_model="numpy", parallel=True)
 
 
 # -- activations ------------------------------------------------------------
@@ -374,6 +379,20 @@ def adam_step(p, g, m, v, beta1, one_m_beta1, beta2, one_m_beta2,
         m[i] = mi
         v[i] = vi
         p[i] = pi - (mi / (np.sqrt(vi) * isb2 + ep)) * st
+
+
+@_jit_parallel
+def adam_step_parallel(p, g, m, v, beta1, one_m_beta1, beta2, one_m_beta2,
+                       step, inv_sqrt_bias2, eps, weight_decay, decay_factor, decoupled, chunk):
+    """``adam_step`` on consecutive pieces of ``chunk`` elements, the pieces shared among
+    Numba's threads.  Each element's update reads and writes only its own p, m and v, so
+    the numbers are the serial kernel's, bit for bit."""
+    n = p.size
+    for c in prange((n + chunk - 1) // chunk):
+        lo = c * chunk
+        hi = min(n, lo + chunk)
+        adam_step(p[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi], beta1, one_m_beta1, beta2, one_m_beta2,
+                  step, inv_sqrt_bias2, eps, weight_decay, decay_factor, decoupled)
 
 
 @_jit

@@ -141,3 +141,50 @@ def test_dense_layers_multiply_on_mkl(monkeypatch):
         model = Sequential([Dense(64), ReLU(), Dense(40)], seed=0, backend=backend)
         model.forward(X)
         assert len(calls) == (0 if backend == "numpy" else 2)
+
+
+# -- Adam split between threads, where MKL's OpenMP runtime holds the threads ------------------
+from bpnet.backends import numba_backend  # noqa: E402
+from bpnet.kernels import numba_kernels as K  # noqa: E402
+
+# Decided before any test here starts Numba's threads by calling the kernel directly.
+PARALLEL = numba_backend.adam_runs_parallel()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n,chunk", [(1, 4), (7, 3), (1000, 128), (70001, 16384)])
+@pytest.mark.parametrize("weight_decay,decoupled", [(0.0, False), (0.01, False), (0.01, True)])
+def test_parallel_adam_is_the_serial_kernel_bit_for_bit(n, chunk, weight_decay, decoupled, dtype):
+    rng = np.random.default_rng(n)
+    p, g = rng.standard_normal(n).astype(dtype), rng.standard_normal(n).astype(dtype)
+    m, v = (0.1 * rng.standard_normal(n)).astype(dtype), rng.random(n).astype(dtype)
+    args = (0.9, 0.1, 0.999, 0.001, 1e-3 / 0.1, 1 / np.sqrt(0.001), 1e-8, weight_decay,
+            1 - 1e-3 * weight_decay, decoupled)
+    serial = [a.copy() for a in (p, g, m, v)]
+    K.adam_step(*serial, *args)
+    K.adam_step_parallel(p, g, m, v, *args, chunk)
+    for got, want in zip((p, m, v), (serial[0], serial[2], serial[3])):
+        assert np.array_equal(got, want)
+
+
+@needs_mkl
+def test_adam_runs_parallel_beside_mkl_and_gives_the_serial_numbers(monkeypatch):
+    """With MKL loaded first, Numba's threads are OpenMP's and the update is split; the
+    parameters after three steps are those of the serial kernel."""
+    assert PARALLEL and numba_backend.adam_runs_parallel()
+    calls = []
+    real = K.adam_step_parallel
+    monkeypatch.setattr(K, "adam_step_parallel", lambda *a: calls.append(a[0].size) or real(*a))
+    n = numba_backend._PARALLEL_ADAM_MIN + 5
+    rng = np.random.default_rng(6)
+    start = rng.standard_normal(n).astype(np.float32)
+    grads = [rng.standard_normal(n).astype(np.float32) for _ in range(3)]
+    results = []
+    for parallel in (True, False):
+        monkeypatch.setattr(numba_backend, "_PARALLEL_ADAM_MIN", n if parallel else n + 1)
+        p, m, v = start.copy(), np.zeros(n, np.float32), np.zeros(n, np.float32)
+        for t, g in enumerate(grads, 1):
+            NumbaBackend().adam_step(p, g, m, v, 1e-3, 0.9, 0.999, 1e-8, 0.0, t, False)
+        results.append(p)
+    assert calls == [n] * 3
+    assert np.array_equal(results[0], results[1])

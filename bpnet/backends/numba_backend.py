@@ -16,6 +16,7 @@ reference, so a caller never has to care which path ran.
 """
 from __future__ import annotations
 
+import functools
 import time
 from types import SimpleNamespace
 
@@ -36,6 +37,8 @@ _FINITE_BLOCK = 4096        # elements scanned between early-exit tests
 _ARITHMETIC = (K.IDENTITY, K.RELU, K.LEAKY_RELU)
 _KERNEL_CODES = frozenset(_ARITHMETIC) | {K.ELU, K.SIGMOID, K.TANH}
 _UFUNC = {K.SIGMOID: np.exp, K.ELU: np.expm1}
+_PARALLEL_ADAM_MIN = 1 << 16    # parameters from which splitting Adam between threads pays
+_ADAM_CHUNK = 1 << 14           # elements per piece of the parallel Adam
 
 
 def _plain(*arrays):
@@ -61,6 +64,29 @@ def _same_shape(*arrays):
 def _flat(a):
     """1-D view of a C-contiguous array (no copy)."""
     return a.reshape(-1)
+
+
+@functools.cache
+def adam_runs_parallel():
+    """True where Adam's update is split between threads: the products run on MKL, and
+    Numba's threads are OpenMP's, started after MKL's Intel OpenMP runtime was loaded, so
+    that both use one pool of threads.  Next to OpenBLAS's threads, which spin between
+    products, a second thread of Numba's slows the update down instead (see
+    kernels/numba_kernels.py).  Numba's threading layer is set to OpenMP here unless the
+    user chose one (NUMBA_THREADING_LAYER) or another layer is already running."""
+    import numba
+    from numba.np.ufunc import parallel
+    if load_mkl_gemm() is None or numba.config.NUMBA_NUM_THREADS < 2 or \
+            numba.config.THREADING_LAYER not in ("default", "omp") or parallel._is_initialized:
+        return False
+    numba.config.THREADING_LAYER = "omp"
+    p = np.zeros(4, np.float32)
+    try:
+        K.adam_step_parallel(p, p, p.copy(), p.copy(), 0.9, 0.1, 0.999, 0.001, 1e-3, 1.0, 1e-8,
+                             0.0, 1.0, False, 2)
+    except Exception:   # noqa: BLE001 (no OpenMP layer in this Numba build)
+        return False
+    return numba.threading_layer() == "omp"
 
 
 class NumbaBackend(NumpyBackend):
@@ -241,10 +267,14 @@ class NumbaBackend(NumpyBackend):
             return super().adam_step(p, g, m, v, lr, beta1, beta2, eps, weight_decay,
                                      t, decoupled)
         c = self.adam_coefficients(lr, beta1, beta2, weight_decay, t)
-        K.adam_step(_flat(p), _flat(g), _flat(m), _flat(v),
-                    float(beta1), float(1 - beta1), float(beta2), float(1 - beta2),
-                    float(c.step), float(c.inv_sqrt_bias2), float(eps),
-                    float(weight_decay), float(c.decay_factor), bool(decoupled))
+        args = (_flat(p), _flat(g), _flat(m), _flat(v),
+                float(beta1), float(1 - beta1), float(beta2), float(1 - beta2),
+                float(c.step), float(c.inv_sqrt_bias2), float(eps),
+                float(weight_decay), float(c.decay_factor), bool(decoupled))
+        if p.size >= _PARALLEL_ADAM_MIN and adam_runs_parallel():
+            K.adam_step_parallel(*args, _ADAM_CHUNK)
+        else:
+            K.adam_step(*args)
 
     def rmsprop_step(self, p, g, sq, velocity, lr, alpha, eps, momentum, weight_decay):
         state = (velocity,) if momentum else ()
@@ -288,6 +318,7 @@ class NumbaBackend(NumpyBackend):
         g, s1, s2 = np.full_like(p, 0.1), np.zeros_like(p), np.zeros_like(p)
         self.sgd_step(p, g, s1, 0.1, 0.9, True, 0.01)
         self.adam_step(p, g, s1, s2, 0.1, 0.9, 0.999, 1e-8, 0.01, 1, True)
+        adam_runs_parallel()                    # compiles the parallel Adam where it is used
         self.rmsprop_step(p, g, s1, s2, 0.1, 0.99, 1e-8, 0.9, 0.01)
         self.sum_squares(p)
         self.all_finite(p)
