@@ -22,7 +22,7 @@ batch is one Adam step of its NumPy backprop.  Peers that are not installed
 are skipped with a note (``pip install jax scikit-learn torch==2.13.0``).
 
 Under the table, the **floor** of a bpnet step: its matrix products timed
-alone plus one serial Adam pass timed alone (in cache), and each peer's
+alone plus one Adam update timed alone (in cache, as the backend runs it), and each peer's
 measured step over that floor, the largest ratio any bpnet step could show on
 that machine with that product library; a '<' marks a floor below 1.15x.
 
@@ -257,9 +257,9 @@ def matmul_bound(sizes, batch, backend, repeats=7):
 
 
 def optimizer_bound(sizes, backend, repeats=7):
-    """Seconds one Adam update over the case's parameters takes alone, in cache, on one core:
-    with the products' bound, the floor of a step whose optimizer runs serially (see
-    kernels/numba_kernels.py for why bpnet's does)."""
+    """Seconds one Adam update over the case's parameters takes alone, in cache, as the
+    backend runs it (on one core, or split between threads beside MKL): with the products'
+    bound, the floor of a bpnet step."""
     import numpy as np
     from bpnet.backends import get_backend
     be = get_backend(backend)
@@ -554,7 +554,7 @@ def print_table(results, ceiling):
 
 def print_limits(results, target=1.15):
     """The floor of a bpnet step on this machine: its matrix products, each timed alone, plus one
-    serial Adam pass, alone and in cache.  Each peer's measured step over that floor is the
+    Adam update, alone and in cache.  Each peer's measured step over that floor is the
     largest ratio any bpnet step could show here: below the target, the target is out of
     reach whatever the rest of the step costs."""
     fw = next((f for f in ("bpnet-numba", "bpnet-numpy") if f in results
@@ -562,7 +562,7 @@ def print_limits(results, target=1.15):
     peers = [p for p in PEERS if p in results]
     if fw is None or not peers:
         return
-    print(f"\nthe floor of a step ({fw}: products alone + one serial Adam pass alone) and each peer's "
+    print(f"\nthe floor of a step ({fw}: products alone + one Adam update alone) and each peer's "
           f"step over it, the most any bpnet step could reach here ('<' marks below {target}x):")
     header = (f"  {'case':<26}{'products':>10}{'Adam':>8}{'floor':>9}{'measured':>10}"
               + "".join(f"{'vs ' + p:>11}" for p in peers))
@@ -646,7 +646,7 @@ def main(argv=None):
             cold, warm, extra_mb = first
             print(f"numba kernels, first call in a new process: {cold:.2f} s with an empty cache "
                   f"(compiling), {warm:.2f} s with the on-disk cache (cache=True); loading them "
-                  f"adds {extra_mb:.0f} MB of peak RSS (Numba and LLVM)")
+                  f"adds {extra_mb:.0f} MB of peak RSS (Numba, LLVM and, where it is installed, MKL)")
             if "bpnet-numpy" in results and "torch" in results:
                 floor = results["bpnet-numpy"]["peak_rss_mb"] + extra_mb
                 print(f"  so the numba worker's floor is the numpy worker's peak + {extra_mb:.0f} MB = "

@@ -77,7 +77,8 @@ def adam_runs_parallel():
     import numba
     from numba.np.ufunc import parallel
     if load_mkl_gemm() is None or numba.config.NUMBA_NUM_THREADS < 2 or \
-            numba.config.THREADING_LAYER not in ("default", "omp") or parallel._is_initialized:
+            numba.config.THREADING_LAYER not in ("default", "omp") or \
+            getattr(parallel, "_is_initialized", True):      # started already, by someone else
         return False
     numba.config.THREADING_LAYER = "omp"
     p = np.zeros(4, np.float32)
