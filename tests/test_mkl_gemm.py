@@ -188,3 +188,13 @@ def test_adam_runs_parallel_beside_mkl_and_gives_the_serial_numbers(monkeypatch)
         results.append(p)
     assert calls == [n] * 3
     assert np.array_equal(results[0], results[1])
+
+
+def test_only_products_above_the_small_limit_load_mkl():
+    """2¹⁸ = 64·64·64 multiply-adds: up to it NumPy multiplies and MKL is never loaded."""
+    def arrays(*shape):
+        return np.empty(shape, np.float32)
+    assert not mkl_gemm.large_enough(arrays(64, 64), arrays(64, 64))
+    assert mkl_gemm.large_enough(arrays(65, 64), arrays(64, 64))
+    assert not mkl_gemm.large_enough(arrays(2, 65, 64), arrays(64, 64))
+    assert not mkl_gemm.large_enough([[1.0]], arrays(1, 1))

@@ -24,7 +24,7 @@ import numpy as np
 
 from bpnet.kernels import numba_kernels as K
 
-from .mkl_gemm import load_mkl_gemm
+from .mkl_gemm import large_enough, load_mkl_gemm
 from .numpy_backend import NumpyBackend
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
@@ -96,7 +96,7 @@ class NumbaBackend(NumpyBackend):
     # -- matrix products ----------------------------------------------------------
     def matmul(self, a, b, out=None):
         """a @ b on MKL's gemm where it is installed and takes the operands, else on NumPy's BLAS."""
-        gemm = load_mkl_gemm()
+        gemm = load_mkl_gemm() if large_enough(a, b) else None
         product = None if gemm is None else gemm.gemm(a, b, out)
         return np.matmul(a, b, out=out) if product is None else product
 
