@@ -130,6 +130,19 @@ def _numba_info() -> dict:
     return info
 
 
+def _numba_products() -> str:
+    """What the numba backend multiplies matrices with, found without loading it."""
+    from .backends.mkl_gemm import mkl_libraries
+    paths = mkl_libraries()
+    if paths is None:
+        return "NumPy's BLAS (MKL not installed, or BPNET_MKL=0)"
+    try:
+        from importlib.metadata import version
+        return f"MKL {version('mkl')} ({paths[0]})"
+    except Exception:
+        return f"MKL ({paths[0]})"
+
+
 def _blas_info() -> list | None:
     try:
         from threadpoolctl import threadpool_info
@@ -185,7 +198,8 @@ def show_versions(print_fn=print) -> dict:
 
     Keys: ``python``, ``python_executable``, ``platform``, ``machine``, ``cpu_count``,
     ``usable_cores``, ``bpnet``, ``numpy``, ``scipy``, ``numba``, ``numba_threading_layer``,
-    ``numba_num_threads``, ``bpnet_kernels_parallel``, ``numba_threads_used``, ``cupy``,
+    ``numba_num_threads``, ``bpnet_kernels_parallel``, ``numba_threads_used``,
+    ``numba_products`` (the numba backend's matrix-product library), ``cupy``,
     ``cupy_cuda_major``, ``cuda_runtime``, ``cuda_driver``, ``cuda_devices``, ``threadpoolctl``,
     ``blas`` (one dict per loaded BLAS/OpenMP library, None without threadpoolctl),
     ``blas_threads``, ``default_backend``, ``default_backend_reason``, ``env`` (the threading
@@ -204,6 +218,7 @@ def show_versions(print_fn=print) -> dict:
         "scipy": _version("scipy"),
     }
     info.update(_numba_info())
+    info["numba_products"] = _numba_products()
     # bpnet's Numba kernels are serial unless compiled with parallel=True, so only then can
     # Numba's thread pool and BLAS's pools compete on the same cores.
     info["numba_threads_used"] = (info["numba_num_threads"] or 1) if info["bpnet_kernels_parallel"] else 1
@@ -235,6 +250,7 @@ def format_report(info: dict) -> str:
     lines.append(row("numba_num_threads", info["numba_num_threads"]))
     lines.append(row("numba_threading_layer", info["numba_threading_layer"]))
     lines.append(row("bpnet_kernels_parallel", info["bpnet_kernels_parallel"]))
+    lines.append(row("numba_products", info["numba_products"]))
     if info["blas"] is None:
         lines.append(row("blas", "unknown (pip install threadpoolctl to see it)"))
     for pool in info["blas"] or []:

@@ -12,7 +12,7 @@ from bpnet import env
 
 KEYS = {"python", "python_executable", "platform", "machine", "cpu_count", "usable_cores", "bpnet", "numpy",
         "scipy", "numba", "numba_threading_layer", "numba_num_threads", "bpnet_kernels_parallel",
-        "numba_threads_used", "cupy", "cupy_cuda_major", "cuda_runtime", "cuda_driver", "cuda_devices",
+        "numba_threads_used", "numba_products", "cupy", "cupy_cuda_major", "cuda_runtime", "cuda_driver", "cuda_devices",
         "threadpoolctl", "blas", "blas_threads", "default_backend", "default_backend_reason", "env",
         "warnings"}
 
@@ -117,3 +117,11 @@ def test_broken_cupy_is_reported_not_raised(monkeypatch):
     info = env.show_versions(print_fn=None)
     assert info["cuda_driver"].startswith("unavailable (RuntimeError: no CUDA driver found")
     assert info["cuda_devices"] == []
+
+
+def test_numba_products_names_mkl_when_installed_and_not_when_turned_off(monkeypatch):
+    from bpnet.backends.mkl_gemm import mkl_libraries
+    info = env.show_versions(print_fn=None)
+    assert info["numba_products"].startswith("MKL" if mkl_libraries() else "NumPy's BLAS")
+    monkeypatch.setenv("BPNET_MKL", "0")
+    assert env.show_versions(print_fn=None)["numba_products"].startswith("NumPy's BLAS")

@@ -103,6 +103,16 @@ class MklGemm:
         return out
 
 
+def mkl_libraries():
+    """Paths of (libmkl_rt, libiomp5) where both are installed and BPNET_MKL allows them, else
+    None; nothing is loaded."""
+    if os.environ.get("BPNET_MKL", "1").strip().lower() in ("0", "false", "no", "off"):
+        return None
+    prefixes = list(dict.fromkeys([sys.prefix, sys.base_prefix, os.path.join(os.path.expanduser("~"), ".local")]))
+    rt, omp = _library(prefixes, "libmkl_rt.so*"), _library(prefixes, "libiomp5.so")
+    return None if rt is None or omp is None else (rt, omp)
+
+
 @functools.cache
 def load_mkl_gemm():
     """The process's :class:`MklGemm`, loaded on first call; None without MKL or with BPNET_MKL=0."""
@@ -110,12 +120,10 @@ def load_mkl_gemm():
 
 
 def _load():
-    if os.environ.get("BPNET_MKL", "1").strip().lower() in ("0", "false", "no", "off"):
+    paths = mkl_libraries()
+    if paths is None:
         return None
-    prefixes = list(dict.fromkeys([sys.prefix, sys.base_prefix, os.path.join(os.path.expanduser("~"), ".local")]))
-    rt, omp = _library(prefixes, "libmkl_rt.so*"), _library(prefixes, "libiomp5.so")
-    if rt is None or omp is None:
-        return None
+    rt, omp = paths
     try:
         ctypes.CDLL(omp, mode=ctypes.RTLD_GLOBAL)
         lib = ctypes.CDLL(rt, mode=ctypes.RTLD_GLOBAL)
