@@ -408,14 +408,10 @@ PEAK_RSS_LINE = ("\nimport sys; print([int(l.split()[1]) for l in open('/proc/se
 
 
 def numba_products():
-    """Which library the numba backend multiplies matrices with, and its version."""
-    try:
-        from importlib.metadata import version
-        from bpnet.backends import get_backend
-        library = get_backend("numba").products_library
-    except Exception as exc:             # numba missing: the numba worker is skipped anyway
-        return f"(no numba backend: {exc})"
-    return f"MKL {version('mkl')}" if library == "MKL" else library
+    """Which library the numba backend multiplies matrices with (from the environment report,
+    which finds it without loading it into this process)."""
+    import bpnet
+    return bpnet.show_versions(print_fn=None)["numba_products"]
 
 
 def numba_first_call():
