@@ -519,6 +519,11 @@ def ratio_range(results, peer, fw, i):
     return min(ratios), max(ratios)
 
 
+def case_name(kind, sizes, batch):
+    """The case's label in every table, e.g. "mlp 784-512-256-10 b32"."""
+    return f"{kind} {'-'.join(map(str, sizes)) if kind != 'deep' else '64-(256x8)-10'} b{batch}"
+
+
 def print_table(results, ceiling):
     from bpnet.backends import default_backend_name
     backend = default_backend_name()
@@ -529,7 +534,7 @@ def print_table(results, ceiling):
               + "".join(f"{'vs ' + p:>11}" for p in peers))
     print("\n" + header + "\n" + "-" * len(header))
     for i, (kind, sizes, batch) in enumerate(CASES):
-        name = f"{kind} {'-'.join(map(str, sizes)) if kind != 'deep' else '64-(256x8)-10'} b{batch}"
+        name = case_name(kind, sizes, batch)
         for fw, res in results.items():
             step = res["cases"][i]["median_step_s"]
             gf = flops_per_step(sizes, batch) / step / 1e9
@@ -564,7 +569,7 @@ def print_limits(results, target=1.15):
               + "".join(f"{'vs ' + p:>11}" for p in peers))
     print(header + "\n  " + "-" * (len(header) - 2))
     for i, (kind, sizes, batch) in enumerate(CASES):
-        name = f"{kind} {'-'.join(map(str, sizes)) if kind != 'deep' else '64-(256x8)-10'} b{batch}"
+        name = case_name(kind, sizes, batch)
         case = results[fw]["cases"][i]
         floor = case["bound_s"] + case["optimizer_s"]
         cells = ""
@@ -583,7 +588,7 @@ def print_fit_table(results):
     print("\nthrough Sequential.fit (batches shuffled and gathered, accuracy, callbacks), ms per step "
           "and over the bare step:")
     for i, (kind, sizes, batch) in enumerate(CASES):
-        name = f"{kind} {'-'.join(map(str, sizes)) if kind != 'deep' else '64-(256x8)-10'} b{batch}"
+        name = case_name(kind, sizes, batch)
         cells = [f"{fw} {1e3 * r['cases'][i]['fit_step_s']:.3f} ms ({r['cases'][i]['fit_step_s'] / r['cases'][i]['median_step_s']:.2f}x)"
                  for fw, r in rows]
         print(f"  {name:<26}" + "   ".join(cells))
