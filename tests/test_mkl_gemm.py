@@ -124,8 +124,10 @@ def test_bpnet_mkl_0_turns_it_off(monkeypatch):
     assert mkl_gemm._load() is None
 
 
-def test_numba_backend_names_its_products_library():
-    assert NumbaBackend().products_library == ("NumPy's BLAS" if GEMM is None else "MKL")
+def test_environment_report_names_the_library_the_backend_loaded():
+    from bpnet import env
+    assert env.show_versions(print_fn=None)["numba_products"].startswith(
+        "NumPy's BLAS" if GEMM is None else "MKL")
 
 
 @needs_mkl

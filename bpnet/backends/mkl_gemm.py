@@ -87,7 +87,7 @@ class MklGemm:
             return None
         m, k = a.shape
         n = b.shape[1]
-        if m * n * k <= _SMALL or max(m, n, k) > _INT_MAX:
+        if not large_enough(a, b) or max(m, n, k) > _INT_MAX:
             return None
         ta, tb = self._operand(a), self._operand(b)
         if ta is None or tb is None:

@@ -100,11 +100,6 @@ class NumbaBackend(NumpyBackend):
         product = None if gemm is None else gemm.gemm(a, b, out)
         return np.matmul(a, b, out=out) if product is None else product
 
-    @property
-    def products_library(self):
-        """Which library multiplies this backend's matrices: "MKL" or "NumPy's BLAS"."""
-        return "NumPy's BLAS" if load_mkl_gemm() is None else "MKL"
-
     # -- pointwise activations --------------------------------------------------
     # An activation whose code has no kernel here (a layer of the user's own,
     # code None) runs its own f / dz code through the NumPy reference.
