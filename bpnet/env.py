@@ -132,15 +132,19 @@ def _numba_info() -> dict:
 
 def _numba_products() -> str:
     """What the numba backend multiplies matrices with, found without loading it."""
-    from .backends.mkl_gemm import mkl_libraries
+    from .backends.mkl_gemm import cpu_vendor, mkl_for_products, mkl_libraries, mkl_setting
     paths = mkl_libraries()
     if paths is None:
         return "NumPy's BLAS (MKL not installed, or BPNET_MKL=0)"
     try:
         from importlib.metadata import version
-        return f"MKL {version('mkl')} ({paths[0]})"
+        mkl = f"MKL {version('mkl')}"
     except Exception:
-        return f"MKL ({paths[0]})"
+        mkl = "MKL"
+    if not mkl_for_products(mkl_setting(), cpu_vendor()):
+        return (f"NumPy's BLAS ({mkl} is installed, but MKL runs its tuned kernels on Intel CPUs "
+                f"only and this one is {cpu_vendor() or 'of unknown vendor'}; BPNET_MKL=1 uses it anyway)")
+    return f"{mkl} ({paths[0]})"
 
 
 def _blas_info() -> list | None:

@@ -119,9 +119,11 @@ def test_broken_cupy_is_reported_not_raised(monkeypatch):
     assert info["cuda_devices"] == []
 
 
-def test_numba_products_names_mkl_when_installed_and_not_when_turned_off(monkeypatch):
-    from bpnet.backends.mkl_gemm import mkl_libraries
-    info = env.show_versions(print_fn=None)
-    assert info["numba_products"].startswith("MKL" if mkl_libraries() else "NumPy's BLAS")
-    monkeypatch.setenv("BPNET_MKL", "0")
-    assert env.show_versions(print_fn=None)["numba_products"].startswith("NumPy's BLAS")
+@pytest.mark.parametrize("setting", ["1", "0", "auto"])
+def test_numba_products_follow_bpnet_mkl_and_the_cpu_vendor(monkeypatch, setting):
+    from bpnet.backends.mkl_gemm import cpu_vendor, mkl_libraries
+    monkeypatch.setenv("BPNET_MKL", setting)
+    chosen = mkl_libraries() is not None and (setting == "1" or
+                                              (setting == "auto" and cpu_vendor() == "GenuineIntel"))
+    products = env.show_versions(print_fn=None)["numba_products"]
+    assert products.startswith("MKL" if chosen else "NumPy's BLAS"), products

@@ -14,6 +14,7 @@ import pytest
 pytest.importorskip("numba")
 
 from bpnet.backends import mkl_gemm  # noqa: E402
+from bpnet.backends import numba_backend  # noqa: E402
 from bpnet.backends.numba_backend import NumbaBackend  # noqa: E402
 
 GEMM = mkl_gemm.load_mkl_gemm()
@@ -124,20 +125,53 @@ def test_bpnet_mkl_0_turns_it_off(monkeypatch):
     assert mkl_gemm._load() is None
 
 
-def test_environment_report_names_the_library_the_backend_loaded():
+@pytest.mark.parametrize("value,setting", [(None, "auto"), ("", "auto"), ("auto", "auto"), ("0", "off"),
+                                           ("Off", "off"), ("no", "off"), ("1", "on"), (" yes ", "on"),
+                                           ("TRUE", "on"), ("maybe", "auto")])
+def test_bpnet_mkl_is_read_as_off_on_or_auto(monkeypatch, value, setting):
+    if value is None:
+        monkeypatch.delenv("BPNET_MKL", raising=False)
+    else:
+        monkeypatch.setenv("BPNET_MKL", value)
+    assert mkl_gemm.mkl_setting() == setting
+
+
+@pytest.mark.parametrize("setting,vendor,chosen", [
+    ("auto", "GenuineIntel", True), ("auto", "AuthenticAMD", False), ("auto", "", False),
+    ("on", "AuthenticAMD", True), ("on", "GenuineIntel", True), ("off", "GenuineIntel", False)])
+def test_mkl_multiplies_by_default_only_on_the_cpus_it_is_tuned_for(setting, vendor, chosen):
+    assert mkl_gemm.mkl_for_products(setting, vendor) is chosen
+
+
+def test_cpu_vendor_is_the_one_proc_cpuinfo_names():
+    try:
+        with open("/proc/cpuinfo") as fh:
+            named = [line.split(":", 1)[1].strip() for line in fh if line.startswith("vendor_id")]
+    except OSError:
+        named = []
+    assert mkl_gemm.cpu_vendor() == (named[0] if named else "")
+
+
+def test_environment_report_names_the_library_the_backend_multiplies_with():
     from bpnet import env
-    assert env.show_versions(print_fn=None)["numba_products"].startswith(
-        "NumPy's BLAS" if GEMM is None else "MKL")
+    products = env.show_versions(print_fn=None)["numba_products"]
+    if mkl_gemm.products_gemm() is not None:
+        assert products.startswith("MKL")
+    else:
+        assert products.startswith("NumPy's BLAS")
+        if GEMM is not None:       # installed, but not chosen for this CPU
+            assert mkl_gemm.cpu_vendor() != "GenuineIntel" and "BPNET_MKL=1" in products
 
 
 @needs_mkl
-def test_dense_layers_multiply_on_mkl(monkeypatch):
+def test_dense_layers_multiply_on_mkl_where_it_is_chosen(monkeypatch):
     """A numba model's Dense products go through MKL (counted), a numpy model's never do.
     Both products here (128·64·64 and 128·64·40 multiply-adds) are above the small limit."""
     from bpnet import Dense, ReLU, Sequential
     calls = []
     real = GEMM.gemm
     monkeypatch.setattr(GEMM, "gemm", lambda a, b, out=None: calls.append(a.shape) or real(a, b, out))
+    monkeypatch.setattr(numba_backend, "products_gemm", lambda: GEMM)    # as on an Intel CPU
     X = np.random.default_rng(5).standard_normal((128, 64))
     for backend in ("numpy", "numba"):
         model = Sequential([Dense(64), ReLU(), Dense(40)], seed=0, backend=backend)
@@ -146,11 +180,7 @@ def test_dense_layers_multiply_on_mkl(monkeypatch):
 
 
 # -- Adam split between threads, where MKL's OpenMP runtime holds the threads ------------------
-from bpnet.backends import numba_backend  # noqa: E402
 from bpnet.kernels import numba_kernels as K  # noqa: E402
-
-# Decided before any test here starts Numba's threads by calling the kernel directly.
-PARALLEL = numba_backend.adam_runs_parallel()
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -169,27 +199,54 @@ def test_parallel_adam_is_the_serial_kernel_bit_for_bit(n, chunk, weight_decay, 
         assert np.array_equal(got, want)
 
 
+PARALLEL_ADAM_SCRIPT = """
+import numpy as np
+from bpnet.backends import numba_backend
+from bpnet.backends.numba_backend import NumbaBackend
+from bpnet.kernels import numba_kernels as K
+assert numba_backend.adam_runs_parallel(), "Adam did not run in parallel beside MKL"
+calls = []
+real = K.adam_step_parallel
+K.adam_step_parallel = lambda *a: calls.append(a[0].size) or real(*a)
+n = numba_backend._PARALLEL_ADAM_MIN + 5
+rng = np.random.default_rng(6)
+start = rng.standard_normal(n).astype(np.float32)
+grads = [rng.standard_normal(n).astype(np.float32) for _ in range(3)]
+results = []
+for parallel in (True, False):
+    numba_backend._PARALLEL_ADAM_MIN = n if parallel else n + 1
+    p, m, v = start.copy(), np.zeros(n, np.float32), np.zeros(n, np.float32)
+    for t, g in enumerate(grads, 1):
+        NumbaBackend().adam_step(p, g, m, v, 1e-3, 0.9, 0.999, 1e-8, 0.0, t, False)
+    results.append(p)
+assert calls == [n] * 3, calls
+assert np.array_equal(results[0], results[1]), "parallel and serial Adam differ"
+print("ok")
+"""
+
+
 @needs_mkl
-def test_adam_runs_parallel_beside_mkl_and_gives_the_serial_numbers(monkeypatch):
-    """With MKL loaded first, Numba's threads are OpenMP's and the update is split; the
-    parameters after three steps are those of the serial kernel."""
-    assert PARALLEL and numba_backend.adam_runs_parallel()
-    calls = []
-    real = K.adam_step_parallel
-    monkeypatch.setattr(K, "adam_step_parallel", lambda *a: calls.append(a[0].size) or real(*a))
-    n = numba_backend._PARALLEL_ADAM_MIN + 5
-    rng = np.random.default_rng(6)
-    start = rng.standard_normal(n).astype(np.float32)
-    grads = [rng.standard_normal(n).astype(np.float32) for _ in range(3)]
-    results = []
-    for parallel in (True, False):
-        monkeypatch.setattr(numba_backend, "_PARALLEL_ADAM_MIN", n if parallel else n + 1)
-        p, m, v = start.copy(), np.zeros(n, np.float32), np.zeros(n, np.float32)
-        for t, g in enumerate(grads, 1):
-            NumbaBackend().adam_step(p, g, m, v, 1e-3, 0.9, 0.999, 1e-8, 0.0, t, False)
-        results.append(p)
-    assert calls == [n] * 3
-    assert np.array_equal(results[0], results[1])
+def test_adam_runs_parallel_beside_mkl_and_gives_the_serial_numbers():
+    """With MKL loaded first (BPNET_MKL=1: on any CPU), Numba's threads are OpenMP's and the
+    update is split; the parameters after three steps are those of the serial kernel.  A fresh
+    process, because Numba's threading layer is chosen once per process."""
+    import os
+    import subprocess
+    import sys
+    env = {**os.environ, "BPNET_MKL": "1", "NUMBA_NUM_THREADS": "2"}
+    env.pop("NUMBA_THREADING_LAYER", None)
+    run = subprocess.run([sys.executable, "-c", PARALLEL_ADAM_SCRIPT], capture_output=True, text=True,
+                         env=env, timeout=300)
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-2000:]
+
+
+def test_adam_stays_serial_where_the_products_are_not_on_mkl(monkeypatch):
+    monkeypatch.setattr(numba_backend, "products_gemm", lambda: None)
+    numba_backend.adam_runs_parallel.cache_clear()
+    try:
+        assert numba_backend.adam_runs_parallel() is False
+    finally:
+        numba_backend.adam_runs_parallel.cache_clear()
 
 
 def test_only_products_above_the_small_limit_load_mkl():

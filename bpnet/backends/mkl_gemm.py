@@ -1,11 +1,12 @@
 """Intel MKL's matrix product for the Numba backend, when the ``mkl`` package is installed.
 
-NumPy's wheels multiply matrices with OpenBLAS.  On the AVX-512 machine of
-the README's benchmark, whole training steps of dense networks ran 1.16-1.41x
+NumPy's wheels multiply matrices with OpenBLAS.  On an Intel AVX-512 machine (the
+README's first benchmark), whole training steps of dense networks ran 1.16-1.41x
 faster with their products on MKL's sgemm.  The products are not this
 project's subject, so where MKL is installed (``pip install
-"bpnet-framework[mkl]"``) the Numba backend hands them to ``cblas_sgemm`` /
-``cblas_dgemm``; everything else about a step is unchanged.
+"bpnet-framework[mkl]"``) and the CPU is an Intel one (below), the Numba
+backend hands them to ``cblas_sgemm`` / ``cblas_dgemm``; everything else about
+a step is unchanged.
 
 * The libraries come from the ``mkl`` and ``intel-openmp`` wheels, which pip
   puts in ``<prefix>/lib``.  Intel's OpenMP runtime is loaded first and
@@ -22,7 +23,13 @@ project's subject, so where MKL is installed (``pip install
   calling thread alone (its own threshold), so its thread pool never wakes
   to spin against MKL's.  A tiny network never loads MKL (about 0.5 s and
   15 MB in a new process).
-* ``BPNET_MKL=0`` turns it off; without the libraries nothing changes.
+* MKL runs its tuned kernels on Intel processors only; on others (an AMD
+  EPYC here: MKL reports "Intel(R) Architecture processors" and loads its
+  generic ``mkl_def`` kernels) its sgemm ran 0.54-0.94x OpenBLAS's on one
+  thread, and whole steps were 1.07-1.25x faster on OpenBLAS.  So by default
+  (``BPNET_MKL`` unset or ``auto``) the backend multiplies on MKL only on a
+  GenuineIntel CPU; ``BPNET_MKL=1`` uses it on any CPU, ``BPNET_MKL=0`` on
+  none.  Without the libraries nothing changes.
 
 The result agrees with ``numpy.matmul`` to rounding (the sums run in another
 order), not bit for bit; the NumPy backend, the reference, never uses it.
@@ -103,10 +110,39 @@ class MklGemm:
         return out
 
 
+_OFF, _ON = ("0", "false", "no", "off"), ("1", "true", "yes", "on")
+
+
+def mkl_setting() -> str:
+    """BPNET_MKL as "off", "on" or "auto" (unset, empty or anything else)."""
+    value = os.environ.get("BPNET_MKL", "").strip().lower()
+    return "off" if value in _OFF else "on" if value in _ON else "auto"
+
+
+@functools.cache
+def cpu_vendor() -> str:
+    """The CPU's vendor string ("GenuineIntel", "AuthenticAMD", ...), or "" where unknown."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def mkl_for_products(setting: str, vendor: str) -> bool:
+    """Whether the numba backend should multiply on MKL (where it is installed): always when
+    BPNET_MKL says on, never when off, and under auto only on Intel CPUs, the ones MKL runs
+    its tuned kernels on."""
+    return setting == "on" or (setting == "auto" and vendor == "GenuineIntel")
+
+
 def mkl_libraries():
-    """Paths of (libmkl_rt, libiomp5) where both are installed and BPNET_MKL allows them, else
+    """Paths of (libmkl_rt, libiomp5) where both are installed and BPNET_MKL is not off, else
     None; nothing is loaded."""
-    if os.environ.get("BPNET_MKL", "1").strip().lower() in ("0", "false", "no", "off"):
+    if mkl_setting() == "off":
         return None
     prefixes = list(dict.fromkeys([sys.prefix, sys.base_prefix, os.path.join(os.path.expanduser("~"), ".local")]))
     rt, omp = _library(prefixes, "libmkl_rt.so*"), _library(prefixes, "libiomp5.so")
@@ -117,6 +153,15 @@ def mkl_libraries():
 def load_mkl_gemm():
     """The process's :class:`MklGemm`, loaded on first call; None without MKL or with BPNET_MKL=0."""
     return _load()
+
+
+@functools.cache
+def products_gemm():
+    """The :class:`MklGemm` the numba backend multiplies with, or None: NumPy's BLAS then.
+    MKL is loaded only if :func:`mkl_for_products` chooses it for this CPU."""
+    if not mkl_for_products(mkl_setting(), cpu_vendor()):
+        return None
+    return load_mkl_gemm()
 
 
 def _load():

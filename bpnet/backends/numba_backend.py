@@ -4,8 +4,8 @@ Every method keeps the signature, return value and in-place effects of the
 :class:`NumpyBackend` method it overrides, and computes the same formula in one
 compiled sweep instead of several array expressions (see the docstring of
 ``kernels/numba_kernels.py`` for the compilation choices).  Matrix products
-go to Intel MKL where the ``mkl`` package is installed (``mkl_gemm.py``), and
-to NumPy's BLAS otherwise.
+go to Intel MKL where the ``mkl`` package is installed and the CPU is one MKL
+is tuned for (``mkl_gemm.py``), and to NumPy's BLAS otherwise.
 
 Activations: the layer's ``code`` (``kernels/activation_codes.py``) selects
 the fused kernel; a layer without one runs its own ``f`` / ``dz`` code.
@@ -24,7 +24,7 @@ import numpy as np
 
 from bpnet.kernels import numba_kernels as K
 
-from .mkl_gemm import large_enough, load_mkl_gemm
+from .mkl_gemm import large_enough, products_gemm
 from .numpy_backend import NumpyBackend
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
@@ -76,7 +76,7 @@ def adam_runs_parallel():
     user chose one (NUMBA_THREADING_LAYER) or another layer is already running."""
     import numba
     from numba.np.ufunc import parallel
-    if load_mkl_gemm() is None or numba.config.NUMBA_NUM_THREADS < 2 or \
+    if products_gemm() is None or numba.config.NUMBA_NUM_THREADS < 2 or \
             numba.config.THREADING_LAYER not in ("default", "omp") or \
             getattr(parallel, "_is_initialized", True):      # started already, by someone else
         return False
@@ -95,8 +95,9 @@ class NumbaBackend(NumpyBackend):
 
     # -- matrix products ----------------------------------------------------------
     def matmul(self, a, b, out=None):
-        """a @ b on MKL's gemm where it is installed and takes the operands, else on NumPy's BLAS."""
-        gemm = load_mkl_gemm() if large_enough(a, b) else None
+        """a @ b on MKL's gemm where the backend multiplies on MKL (``mkl_gemm.products_gemm``)
+        and it takes the operands, else on NumPy's BLAS."""
+        gemm = products_gemm() if large_enough(a, b) else None
         product = None if gemm is None else gemm.gemm(a, b, out)
         return np.matmul(a, b, out=out) if product is None else product
 
