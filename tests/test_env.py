@@ -125,5 +125,6 @@ def test_numba_products_follow_bpnet_mkl_and_the_cpu_vendor(monkeypatch, setting
     monkeypatch.setenv("BPNET_MKL", setting)
     chosen = mkl_libraries() is not None and (setting == "1" or
                                               (setting == "auto" and cpu_vendor() == "GenuineIntel"))
-    products = env.show_versions(print_fn=None)["numba_products"]
-    assert products.startswith("MKL" if chosen else "NumPy's BLAS"), products
+    info = env.show_versions(print_fn=None)
+    assert info["numba_products"].startswith("MKL" if chosen else "NumPy's BLAS"), info["numba_products"]
+    assert info["env"]["BPNET_MKL"] == setting

@@ -24,6 +24,7 @@ import numpy as np
 
 from bpnet.kernels import numba_kernels as K
 
+from .heap import keep_heap_top
 from .mkl_gemm import large_enough, products_gemm
 from .numpy_backend import NumpyBackend
 
@@ -92,6 +93,9 @@ def adam_runs_parallel():
 
 class NumbaBackend(NumpyBackend):
     name = "numba"
+
+    def __init__(self):
+        keep_heap_top()          # a step's temporaries reuse mapped pages (heap.py)
 
     # -- matrix products ----------------------------------------------------------
     def matmul(self, a, b, out=None):
