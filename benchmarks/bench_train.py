@@ -1,25 +1,29 @@
 """Training speed and memory: bpnet vs PyTorch, JAX and scikit-learn on the CPU.
 
 Each framework runs in its own worker process (so peak RSS is its own), with
-the same thread count for BLAS / intra-op parallelism, on the same batches,
-in interleaved rounds (``--rounds``) so that a slow spell on a shared machine
-hits every framework alike.  Cases (Adam, float32):
+the same thread count for BLAS / intra-op parallelism, on the same batches.
+The workers stay up for the whole run and time blocks of steps in turn,
+interleaved (``--rounds`` × ``--repeats`` cycles of one block per framework,
+in a shuffled order, with a pause between blocks for the last framework's
+threads to go to sleep), so that a slow spell on a shared machine hits every
+framework alike.  Cases (Adam, float32):
 
 * MLP 784-512-256-10, ReLU, softmax cross-entropy; batch 32, 128, 1024;
 * tiny 2-16-16-1, tanh, MSE; batch 32 (per-step overhead dominates);
 * deep 64-(256x8)-10, ReLU, softmax cross-entropy; batch 256 (per-layer overhead).
 
-A step is forward + loss + backward + optimizer update.  For every case the
-worker times ``--repeats`` blocks of steps after a warm-up and reports the
-median; the table shows samples/s, bpnet's ratio to each peer, GFLOP/s
-(6 · batch · Σ in·out per step), and the **step efficiency**: the time the
-step's matrix products take when each is timed alone (with bpnet's default
-backend's product library: MKL where the ``mkl`` package is installed, else
-NumPy's BLAS; same shapes and layouts, no dL/dX for the input) divided by the
-measured step, so 1.0 is the limit of a step made only of matrix products.  JAX jit-compiles the whole
-step (XLA); scikit-learn's ``MLPClassifier``/``MLPRegressor.partial_fit`` on one
-batch is one Adam step of its NumPy backprop.  Peers that are not installed
-are skipped with a note (``pip install jax scikit-learn torch==2.13.0``).
+A step is forward + loss + backward + optimizer update.  For every case and
+framework the figure is the median over the cycles' blocks; the table shows
+samples/s, bpnet's ratio to each peer, GFLOP/s (6 · batch · Σ in·out per
+step), and the **step efficiency**: the time the step's matrix products take
+when each is timed alone (with the product library of bpnet's default
+backend: MKL where it is installed and chosen for the CPU, else NumPy's BLAS;
+same shapes and layouts, no dL/dX for the input) divided by the measured
+step, so 1.0 is the limit of a step made only of matrix products.  JAX
+jit-compiles the whole step (XLA); scikit-learn's
+``MLPClassifier``/``MLPRegressor.partial_fit`` on one batch is one Adam step
+of its NumPy backprop.  Peers that are not installed are skipped with a note
+(``pip install jax scikit-learn torch==2.13.0``).
 
 Under the table, the **floor** of a bpnet step: its matrix products timed
 alone plus one Adam update timed alone (in cache, as the backend runs it), and each peer's
@@ -277,28 +281,36 @@ def optimizer_bound(sizes, backend, repeats=7):
     return middle(times[1:])
 
 
-def time_case(framework, kind, sizes, batch, repeats, quick):
+def stepper(framework, kind, sizes):
     if framework in STEPPERS:
-        convert, step = STEPPERS[framework](kind, sizes)
-    else:
-        convert, step = bpnet_stepper(kind, sizes, framework.split("-")[1])
-    xs, ys = convert(*make_data(sizes, batch, 16))
-    for i in range(8):                                  # warm-up (and JIT compile)
-        step(xs[i % 16], ys[i % 16])
-    t0 = time.perf_counter()
-    n = 0
-    while time.perf_counter() - t0 < 0.05 or n < 5:
-        step(xs[n % 16], ys[n % 16])
-        n += 1
-    per_step = (time.perf_counter() - t0) / n
-    steps = max(5, int(target_seconds(sizes, batch, quick) / per_step))
-    times = []
-    for _ in range(repeats):
+        return STEPPERS[framework](kind, sizes)
+    return bpnet_stepper(kind, sizes, framework.split("-")[1])
+
+
+class CaseTimer:
+    """One case set up in a worker: its step, its 16 batches, and blocks of steps timed on request."""
+
+    def __init__(self, framework, index):
+        self.kind, self.sizes, self.batch = CASES[index]
+        convert, self.step = stepper(framework, self.kind, self.sizes)
+        self.xs, self.ys = convert(*make_data(self.sizes, self.batch, 16))
+        for i in range(8):                                  # warm-up (and JIT compile)
+            self.step(self.xs[i % 16], self.ys[i % 16])
+
+    def estimate(self):
+        """Seconds per step, roughly: what sizes the timed blocks."""
+        t0 = time.perf_counter()
+        n = 0
+        while time.perf_counter() - t0 < 0.05 or n < 5:
+            self.step(self.xs[n % 16], self.ys[n % 16])
+            n += 1
+        return (time.perf_counter() - t0) / n
+
+    def block(self, steps):
         t0 = time.perf_counter()
         for i in range(steps):
-            step(xs[i % 16], ys[i % 16])
-        times.append((time.perf_counter() - t0) / steps)
-    return {"median_step_s": middle(times), "min_step_s": min(times), "steps": steps}
+            self.step(self.xs[i % 16], self.ys[i % 16])
+        return (time.perf_counter() - t0) / steps
 
 
 def time_fit(kind, sizes, batch, backend, step_s, repeats, quick):
@@ -347,22 +359,37 @@ def set_threads(framework, n):
                                    f" intra_op_parallelism_threads={n}").strip()
 
 
-def worker(framework, threads, repeats, quick):
+def serve(framework, threads, repeats, quick):
+    """A worker: one framework in this process, answering one JSON request per line on stdin
+    with one JSON line on stdout, until stdin closes.  Requests: ``case`` (set up case
+    ``index``, answer a per-step estimate), ``block`` (time ``steps`` steps of it), ``bounds``
+    (bpnet: its products and Adam update alone), ``drop`` (free the case), ``rss`` (the peak
+    so far) and ``fit`` (bpnet: seconds per step of ``Sequential.fit`` on case ``index``)."""
     set_threads(framework, threads)
-    out = {"framework": framework, "cases": []}
-    for kind, sizes, batch in CASES:
-        res = time_case(framework, kind, sizes, batch, repeats, quick)
-        res.update(kind=kind, sizes=list(sizes), batch=batch)
-        if framework.startswith("bpnet"):       # the bound of bpnet's own products, same shapes
-            res["bound_s"] = matmul_bound(sizes, batch, framework.split("-")[1])
-            res["optimizer_s"] = optimizer_bound(sizes, framework.split("-")[1])
-        out["cases"].append(res)
-    out["peak_rss_mb"] = peak_rss_mb()           # the steps' peak, before fit holds the data once more
-    if framework.startswith("bpnet"):
-        for res in out["cases"]:
-            res["fit_step_s"] = time_fit(res["kind"], tuple(res["sizes"]), res["batch"], framework.split("-")[1],
-                                         res["median_step_s"], repeats, quick)
-    print(json.dumps(out))
+    backend = framework.split("-")[1] if framework.startswith("bpnet") else None
+    case = None
+    for line in sys.stdin:
+        req = json.loads(line)
+        op = req["op"]
+        if op == "case":
+            case = CaseTimer(framework, req["index"])
+            reply = {"estimate_s": case.estimate()}
+        elif op == "block":
+            reply = {"step_s": case.block(req["steps"])}
+        elif op == "bounds":
+            reply = {"bound_s": matmul_bound(case.sizes, case.batch, backend),
+                     "optimizer_s": optimizer_bound(case.sizes, backend)}
+        elif op == "drop":
+            case = None
+            reply = {}
+        elif op == "rss":
+            reply = {"peak_rss_mb": peak_rss_mb()}
+        elif op == "fit":
+            kind, sizes, batch = CASES[req["index"]]
+            reply = {"fit_step_s": time_fit(kind, sizes, batch, backend, req["step_s"], repeats, quick)}
+        else:
+            raise ValueError(f"unknown request {op!r}")
+        print(json.dumps(reply), flush=True)
 
 
 def peak_rss_mb():
@@ -432,27 +459,73 @@ def numba_first_call():
     return cold, warm, extra_mb
 
 
-def run_worker_process(framework, args):
-    cmd = [sys.executable, __file__, "--worker", framework, "--threads", str(args.threads),
-           "--repeats", str(args.repeats)] + (["--quick"] if args.quick else [])
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        print(f"[{framework}] failed:\n{proc.stderr[-2000:]}", file=sys.stderr)
-        return None
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+class Worker:
+    """A framework's worker process (:func:`serve`), kept alive for the whole run."""
+
+    def __init__(self, framework, args):
+        self.framework = framework
+        cmd = [sys.executable, __file__, "--worker", framework, "--threads", str(args.threads),
+               "--repeats", str(args.repeats)] + (["--quick"] if args.quick else [])
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+
+    def ask(self, op, **fields):
+        self.proc.stdin.write(json.dumps({"op": op, **fields}) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"[{self.framework}] worker failed:\n{self.proc.stderr.read()[-2000:]}")
+        return json.loads(line)
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait()
 
 
-def combine_rounds(runs):
-    out = dict(runs[0])
-    out["cases"] = []
-    for i, case in enumerate(runs[0]["cases"]):
-        merged = {**case, "round_step_s": [r["cases"][i]["median_step_s"] for r in runs]}
-        for key in ("median_step_s", "fit_step_s", "bound_s", "optimizer_s"):
-            if key in case:
-                merged[key] = middle(r["cases"][i][key] for r in runs)
-        out["cases"].append(merged)
-    out["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
-    return out
+# Between two timed blocks the orchestrator waits this long, so that the thread pool of the
+# framework that ran last (OpenBLAS, Intel OpenMP: 0.2 s by default) has gone to sleep
+# instead of spinning against the next one.
+PAUSE_S = 0.3
+
+
+def time_cases(workers, args):
+    """Every case in every worker, in blocks interleaved across the frameworks.
+
+    For each case, each framework's block of steps is sized to about the same time, and
+    ``rounds × repeats`` cycles each time one block of every framework, in a shuffled order
+    per cycle.  On a shared host whose speed changes from second to second (a CPU taken by
+    another guest for a second or two at a time), every framework is sampled across the
+    same spells, and a cycle's blocks are close enough in time to be compared as a pair."""
+    import random
+    results = {w.framework: {"framework": w.framework, "cases": []} for w in workers}
+    cycles = args.rounds * args.repeats
+    for index, (kind, sizes, batch) in enumerate(CASES):
+        steps = {}
+        for w in workers:
+            per_step = w.ask("case", index=index)["estimate_s"]
+            steps[w] = max(5, int(target_seconds(sizes, batch, args.quick) / per_step))
+        blocks = {w: [] for w in workers}
+        order = list(workers)
+        for cycle in range(cycles):
+            random.Random(cycle).shuffle(order)
+            for w in order:
+                time.sleep(PAUSE_S)
+                blocks[w].append(w.ask("block", steps=steps[w])["step_s"])
+        for w in workers:
+            res = {"kind": kind, "sizes": list(sizes), "batch": batch, "steps": steps[w],
+                   "block_step_s": blocks[w], "median_step_s": middle(blocks[w]),
+                   "min_step_s": min(blocks[w])}
+            if w.framework.startswith("bpnet"):   # the bound of bpnet's own products, same shapes
+                res.update(w.ask("bounds"))
+            w.ask("drop")
+            results[w.framework]["cases"].append(res)
+    for w in workers:
+        results[w.framework]["peak_rss_mb"] = w.ask("rss")["peak_rss_mb"]   # before fit's data set
+    for w in workers:
+        if w.framework.startswith("bpnet"):
+            for index, res in enumerate(results[w.framework]["cases"]):
+                res["fit_step_s"] = w.ask("fit", index=index, step_s=res["median_step_s"])["fit_step_s"]
+    return results
 
 
 STARTUP_SCRIPT = """
@@ -512,11 +585,12 @@ def steal_share(start, stop):
 
 
 def ratio_range(results, peer, fw, i):
-    """Min and max over rounds of peer's step time over fw's in the same round (rounds interleave)."""
-    a = results[peer]["cases"][i]["round_step_s"]
-    b = results[fw]["cases"][i]["round_step_s"]
-    ratios = [x / y for x, y in zip(a, b)]
-    return min(ratios), max(ratios)
+    """The quartiles over cycles of peer's block time over fw's in the same cycle (a pair
+    measured within a second or two of each other)."""
+    a = results[peer]["cases"][i]["block_step_s"]
+    b = results[fw]["cases"][i]["block_step_s"]
+    ratios = sorted(x / y for x, y in zip(a, b))
+    return ratios[len(ratios) // 4], ratios[(3 * len(ratios)) // 4]
 
 
 def case_name(kind, sizes, batch):
@@ -543,14 +617,14 @@ def print_table(results, ceiling):
                              if fw.startswith("bpnet") else f"{'':>11}" for p in peers)
             if fw == default and peers:
                 spread = [ratio_range(results, p, fw, i) for p in peers]
-                ratios += "   rounds: " + ", ".join(f"{lo:.2f}-{hi:.2f}" for lo, hi in spread)
+                ratios += "   pairs: " + ", ".join(f"{lo:.2f}-{hi:.2f}" for lo, hi in spread)
             mark = "*" if fw == default else " "
             print(f"{name:<26}{fw + mark:<13}{batch / step:>11,.0f}{gf:>9.1f}{100 * gf / ceiling:>6.0f}%"
                   f"{eff:>9.2f}{ratios}")
     print(f"* bpnet's default backend for a run this long ({backend!r}).  'vs X' is X's step time over bpnet's (> 1: bpnet is faster).  "
           "GFLOP/s counts 6·batch·Σ in·out per step; 'step eff' is the step's matrix products timed "
-          f"alone with {default}'s product library over the measured step (1.0 is the limit).  'rounds' is the lowest and highest "
-          "per-round ratio of the default backend to each peer, in the order of the columns.")
+          f"alone with {default}'s product library over the measured step (1.0 is the limit).  'pairs' is the middle half "
+          "(quartiles) of the ratios of blocks timed in the same cycle, default backend to each peer, in the order of the columns.")
 
 
 def print_limits(results, target=1.15):
@@ -597,15 +671,15 @@ def print_fit_table(results):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=os.cpu_count())
-    p.add_argument("--repeats", type=int, default=5, help="timed blocks per case in each worker")
-    p.add_argument("--rounds", type=int, default=3, help="worker runs per framework, interleaved")
+    p.add_argument("--repeats", type=int, default=5, help="timed blocks per case and round")
+    p.add_argument("--rounds", type=int, default=3, help="rounds of interleaved blocks (rounds × repeats cycles)")
     p.add_argument("--quick", action="store_true", help="shorter runs (for a smoke test)")
     p.add_argument("--frameworks", help="comma-separated subset of " + ",".join(FRAMEWORKS))
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--json", help="also write the results to this file")
     args = p.parse_args(argv)
     if args.worker:
-        return worker(args.worker, args.threads, args.repeats, args.quick)
+        return serve(args.worker, args.threads, args.repeats, args.quick)
 
     frameworks, missing = available_frameworks()
     if args.frameworks:
@@ -623,22 +697,19 @@ def main(argv=None):
               + ")")
     print(f"float32 matmul ceiling (best 2048^3 product): {ceiling:.1f} GFLOP/s; "
           f"load average at start {os.getloadavg()[0]:.2f}")
-    # Rounds interleave the frameworks, so a slow spell on a shared machine hits all of them;
-    # each case's figure is the median over rounds of each worker's median.
-    rounds = {fw: [] for fw in frameworks}
     ticks_start = cpu_ticks()
-    for _ in range(args.rounds):
-        for fw in frameworks:
-            res = run_worker_process(fw, args)
-            if res:
-                rounds[fw].append(res)
+    workers = [Worker(fw, args) for fw in frameworks]
+    try:
+        results = time_cases(workers, args)
+    finally:
+        for w in workers:
+            w.close()
     steal = steal_share(ticks_start, cpu_ticks())
-    results = {fw: combine_rounds(runs) for fw, runs in rounds.items() if runs}
     print_table(results, ceiling)
     print_limits(results)
     print_fit_table(results)
     if steal is not None:
-        print(f"CPU steal during the timed rounds: {100 * steal:.1f}% of CPU time (time the hypervisor "
+        print(f"CPU steal during the timed blocks: {100 * steal:.1f}% of CPU time (time the hypervisor "
               "ran other guests; above a few percent, expect the rounds to disagree)")
     print("\npeak RSS (MB): " + ", ".join(f"{fw} {res['peak_rss_mb']:.0f}" for fw, res in results.items()))
     if "bpnet-numba" in results:
@@ -647,7 +718,7 @@ def main(argv=None):
             cold, warm, extra_mb = first
             print(f"numba kernels, first call in a new process: {cold:.2f} s with an empty cache "
                   f"(compiling), {warm:.2f} s with the on-disk cache (cache=True); loading them "
-                  f"adds {extra_mb:.0f} MB of peak RSS (Numba, LLVM and, where it is installed, MKL)")
+                  f"adds {extra_mb:.0f} MB of peak RSS (Numba, LLVM and, where the backend multiplies on it, MKL)")
             if "bpnet-numpy" in results and "torch" in results:
                 floor = results["bpnet-numpy"]["peak_rss_mb"] + extra_mb
                 print(f"  so the numba worker's floor is the numpy worker's peak + {extra_mb:.0f} MB = "
