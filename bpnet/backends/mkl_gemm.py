@@ -24,9 +24,9 @@ a step is unchanged.
   to spin against MKL's.  A tiny network never loads MKL (about 0.5 s and
   15 MB in a new process).
 * MKL runs its tuned kernels on Intel processors only; on others (an AMD
-  EPYC here: MKL reports "Intel(R) Architecture processors" and loads its
+  EPYC in the README's benchmark: MKL reports "Intel(R) Architecture processors" and loads its
   generic ``mkl_def`` kernels) its sgemm ran 0.54-0.94x OpenBLAS's on one
-  thread, and whole steps were 1.07-1.25x faster on OpenBLAS.  So by default
+  thread, and whole steps were up to 1.3x faster on OpenBLAS.  So by default
   (``BPNET_MKL`` unset or ``auto``) the backend multiplies on MKL only on a
   GenuineIntel CPU; ``BPNET_MKL=1`` uses it on any CPU, ``BPNET_MKL=0`` on
   none.  Without the libraries nothing changes.
