@@ -54,6 +54,11 @@ class ProfileReport:
     costs (it should be within a few percent).  ``parts_ms``, the sum of the
     per-part medians, is a little smaller than both on a busy machine because
     each median drops that part's own slow outliers.
+
+    ``page_faults_per_step`` is the process's minor page faults during the
+    whole steps, per step (None where ``resource`` is missing): pages the step
+    touched for the first time.  A steady step that faults is mapping its
+    temporaries afresh each time, which costs a microsecond or more a page.
     """
     rows: list = field(default_factory=list)
     total_ms: float = 0.0            # median over steps of the step's summed parts
@@ -62,6 +67,7 @@ class ProfileReport:
     batch_size: int = 0
     steps: int = 0
     backend: str = ""
+    page_faults_per_step: float | None = None   # minor faults of the whole steps (None: not counted here)
 
     @property
     def optimizer_share(self) -> float:
@@ -88,6 +94,10 @@ class ProfileReport:
         lines.append(f"{'step, parts summed':<28}{'':>11}{'':>12}{self.total_ms:>10.3f}")
         lines.append(f"{'step, measured (no timers)':<28}{'':>11}{'':>12}{self.measured_step_ms:>10.3f}"
                      f"   (parts summed {gap:+.1f}%)")
+        if self.page_faults_per_step is not None:
+            lines.append(f"page faults per step: {self.page_faults_per_step:.1f}" +
+                         ("  (memory the step maps afresh each time: its temporaries' pages were handed "
+                          "back to the system; see bpnet/backends/heap.py)" if self.page_faults_per_step >= 1 else ""))
         return "\n".join(lines)
 
     def __str__(self):
@@ -100,6 +110,15 @@ def _human_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} GiB"      # pragma: no cover
+
+
+def _minor_faults() -> int:
+    """The process's minor page faults so far (pages mapped on first touch), or -1 where unknown."""
+    try:
+        import resource
+    except ImportError:          # not on Unix
+        return -1
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 class _State:
@@ -193,8 +212,11 @@ def profile(model, X, y, steps: int = 20, print_fn=print, batch_size: int | None
             opt_t.append(t1 - t0)
             summed.append(sum(f[-1] for f in fwd) + loss_t[-1] + sum(b[-1] for b in bwd) + opt_t[-1])
 
+    faults = [0]
+
     def plain(record: bool):
         sync()
+        f0 = _minor_faults()
         t0 = clock()
         model.train_step(xb, yb)
         opt.step()
@@ -202,6 +224,7 @@ def profile(model, X, y, steps: int = 20, print_fn=print, batch_size: int | None
         t1 = clock()
         if record:
             whole.append(t1 - t0)
+            faults[0] += _minor_faults() - f0
 
     saved = _State(model)
     first = model.layers[0]
@@ -247,7 +270,8 @@ def profile(model, X, y, steps: int = 20, print_fn=print, batch_size: int | None
     for r in rows:
         r["share"] = r["total_ms"] / parts if parts > 0 else 0.0
     report = ProfileReport(rows=rows, total_ms=med_ms(summed), measured_step_ms=med_ms(whole), parts_ms=parts,
-                           batch_size=int(len(X)), steps=int(steps), backend=bk.name)
+                           batch_size=int(len(X)), steps=int(steps), backend=bk.name,
+                           page_faults_per_step=faults[0] / int(steps) if _minor_faults() >= 0 else None)
     if print_fn is not None:
         print_fn(report.table())
     return report

@@ -69,3 +69,37 @@ def test_profile_needs_a_compiled_model(batch):
     model = Sequential([Dense(4), ReLU(), Dense(2)])
     with pytest.raises(ConfigError, match="compile"):
         profile(model, *batch, print_fn=None)
+
+
+resource = pytest.importorskip("resource")
+
+
+def test_page_faults_of_a_step_that_maps_fresh_memory_are_counted(batch):
+    """A step that touches 64 MiB of newly mapped memory (above glibc's mmap threshold, so
+    it is mapped and unmapped each time) faults at least 32 pages, 2 MiB ones included."""
+    X, y = batch
+    model = _mlp("numpy")
+    real_step = model.optimizer.step
+
+    def step_with_scratch():
+        scratch = np.ones(64 << 17, np.float64)      # 64 MiB
+        del scratch
+        real_step()
+    model.optimizer.step = step_with_scratch
+    report = model.profile(X, y, steps=3, print_fn=None)
+    assert report.page_faults_per_step >= 32
+    assert "page faults per step" in report.table()
+
+
+def test_numba_steps_fault_no_pages_with_the_heap_kept():
+    pytest.importorskip("numba")
+    from bpnet.backends.heap import keep_heap_top
+    rng = np.random.default_rng(1)
+    X, y = rng.normal(size=(256, 64)).astype(np.float32), rng.integers(0, 10, 256)
+    model = Sequential([Dense(256), ReLU(), Dense(256), ReLU(), Dense(256), ReLU(), Dense(10)],
+                       seed=0, backend="numba")
+    model.compile("cross_entropy", Adam(lr=1e-3))
+    report = model.profile(X, y, steps=5, print_fn=None)
+    if not keep_heap_top():
+        pytest.skip("glibc's heap padding is not in effect here (not glibc, or malloc tuned by the user)")
+    assert report.page_faults_per_step < 1
