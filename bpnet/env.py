@@ -28,8 +28,8 @@ import sys
 __all__ = ["show_versions", "usable_cores"]
 
 #: environment variables that change threading or backend choice, reported verbatim when set
-ENV_VARS = ("BPNET_BACKEND", "BPNET_MKL", "BPNET_HEAP_PAD", "NUMBA_NUM_THREADS", "NUMBA_THREADING_LAYER", "OMP_NUM_THREADS",
-            "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS", "OPENBLAS_CORETYPE",
+ENV_VARS = ("BPNET_BACKEND", "BPNET_MKL", "BPNET_HEAP_PAD", "NUMBA_NUM_THREADS", "NUMBA_THREADING_LAYER",
+            "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS", "OPENBLAS_CORETYPE",
             "CUDA_VISIBLE_DEVICES", "CUDA_PATH")
 
 

@@ -95,6 +95,7 @@ class NumbaBackend(NumpyBackend):
     name = "numba"
 
     def __init__(self):
+        super().__init__()
         keep_heap_top()          # a step's temporaries reuse mapped pages (heap.py)
 
     # -- matrix products ----------------------------------------------------------
