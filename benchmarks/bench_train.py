@@ -56,6 +56,7 @@ import platform
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 
 CASES = [
@@ -445,7 +446,6 @@ def numba_first_call():
     """First-call cost of the Numba kernels, each in a fresh process: seconds with a cold cache,
     seconds with the warm on-disk cache, and the extra peak RSS (MB) of loading them (the warm
     process against one that only imports bpnet's backends)."""
-    import tempfile
     load = "from bpnet.backends import get_backend; print(get_backend('numba').warmup('float32'))"
     plain = "import bpnet.backends; print(0)"
     with tempfile.TemporaryDirectory() as cache:
@@ -466,20 +466,24 @@ class Worker:
         self.framework = framework
         cmd = [sys.executable, __file__, "--worker", framework, "--threads", str(args.threads),
                "--repeats", str(args.repeats)] + (["--quick"] if args.quick else [])
+        # stderr goes to a file: a pipe nobody reads would stall a worker that logs a lot
+        self.log = tempfile.TemporaryFile("w+")
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)
+                                     stderr=self.log, text=True)
 
     def ask(self, op, **fields):
         self.proc.stdin.write(json.dumps({"op": op, **fields}) + "\n")
         self.proc.stdin.flush()
         line = self.proc.stdout.readline()
         if not line:
-            raise RuntimeError(f"[{self.framework}] worker failed:\n{self.proc.stderr.read()[-2000:]}")
+            self.log.seek(0)
+            raise RuntimeError(f"[{self.framework}] worker failed:\n{self.log.read()[-2000:]}")
         return json.loads(line)
 
     def close(self):
         self.proc.stdin.close()
         self.proc.wait()
+        self.log.close()
 
 
 # Between two timed blocks the orchestrator waits this long, so that the thread pool of the
