@@ -1,7 +1,7 @@
 """Intel MKL's matrix product for the Numba backend, when the ``mkl`` package is installed.
 
 NumPy's wheels multiply matrices with OpenBLAS.  On an Intel AVX-512 machine (the
-README's first benchmark), whole training steps of dense networks ran 1.16-1.41x
+README's earlier benchmark), whole training steps of dense networks ran 1.16-1.41x
 faster with their products on MKL's sgemm.  The products are not this
 project's subject, so where MKL is installed (``pip install
 "bpnet-framework[mkl]"``) and the CPU is an Intel one (below), the Numba
