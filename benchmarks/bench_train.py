@@ -593,8 +593,7 @@ def ratio_range(results, peer, fw, i):
     measured within a second or two of each other)."""
     a = results[peer]["cases"][i]["block_step_s"]
     b = results[fw]["cases"][i]["block_step_s"]
-    ratios = sorted(x / y for x, y in zip(a, b))
-    return ratios[len(ratios) // 4], ratios[(3 * len(ratios)) // 4]
+    return quartiles([x / y for x, y in zip(a, b)])
 
 
 def case_name(kind, sizes, batch):
@@ -658,9 +657,14 @@ def print_limits(results, target=1.15):
               f"{1e3 * floor:>7.3f}ms{1e3 * case['median_step_s']:>8.3f}ms{cells}")
 
 
-def lower_quartile(values):
+def quartiles(values):
+    """(lower, upper) quartile, taken as :func:`middle` takes the median."""
     ordered = sorted(values)
-    return ordered[len(ordered) // 4]
+    return ordered[len(ordered) // 4], ordered[(3 * len(ordered)) // 4]
+
+
+def lower_quartile(values):
+    return quartiles(values)[0]
 
 
 def print_quiet_table(results):

@@ -132,7 +132,7 @@ def _numba_info() -> dict:
 
 def _numba_products() -> str:
     """What the numba backend multiplies matrices with, found without loading it."""
-    from .backends.mkl_gemm import cpu_vendor, mkl_for_products, mkl_libraries, mkl_setting
+    from .backends.mkl_gemm import cpu_vendor, mkl_chosen, mkl_libraries
     paths = mkl_libraries()
     if paths is None:
         return "NumPy's BLAS (MKL not installed, or BPNET_MKL=0)"
@@ -141,7 +141,7 @@ def _numba_products() -> str:
         mkl = f"MKL {version('mkl')}"
     except Exception:
         mkl = "MKL"
-    if not mkl_for_products(mkl_setting(), cpu_vendor()):
+    if not mkl_chosen():
         return (f"NumPy's BLAS ({mkl} is installed, but MKL runs its tuned kernels on Intel CPUs "
                 f"only and this one is {cpu_vendor() or 'of unknown vendor'}; BPNET_MKL=1 uses it anyway)")
     return f"{mkl} ({paths[0]})"

@@ -29,6 +29,8 @@ import functools
 import os
 import platform
 
+from .switches import env_switch
+
 TOP_PAD_BYTES = 64 << 20
 _M_TOP_PAD = -2                 # glibc's <malloc.h>
 _USER_SETTINGS = ("MALLOC_TOP_PAD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_")
@@ -43,7 +45,7 @@ def user_set_malloc() -> bool:
 @functools.cache
 def keep_heap_top() -> bool:
     """Ask glibc to keep :data:`TOP_PAD_BYTES` of freed heap mapped; True where it was set."""
-    if os.environ.get("BPNET_HEAP_PAD", "1").strip().lower() in ("0", "false", "no", "off"):
+    if env_switch("BPNET_HEAP_PAD") == "off":
         return False
     if user_set_malloc() or platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False

@@ -44,6 +44,8 @@ import sys
 
 import numpy as np
 
+from .switches import env_switch
+
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
 _CBWR_AUTO = 2
 _SMALL = 4 * 65536          # m·n·k up to which OpenBLAS multiplies on one thread
@@ -110,13 +112,9 @@ class MklGemm:
         return out
 
 
-_OFF, _ON = ("0", "false", "no", "off"), ("1", "true", "yes", "on")
-
-
 def mkl_setting() -> str:
     """BPNET_MKL as "off", "on" or "auto" (unset, empty or anything else)."""
-    value = os.environ.get("BPNET_MKL", "").strip().lower()
-    return "off" if value in _OFF else "on" if value in _ON else "auto"
+    return env_switch("BPNET_MKL")
 
 
 @functools.cache
@@ -139,6 +137,11 @@ def mkl_for_products(setting: str, vendor: str) -> bool:
     return setting == "on" or (setting == "auto" and vendor == "GenuineIntel")
 
 
+def mkl_chosen() -> bool:
+    """Whether this process's numba backend multiplies on MKL where it is installed."""
+    return mkl_for_products(mkl_setting(), cpu_vendor())
+
+
 def mkl_libraries():
     """Paths of (libmkl_rt, libiomp5) where both are installed and BPNET_MKL is not off, else
     None; nothing is loaded."""
@@ -158,10 +161,8 @@ def load_mkl_gemm():
 @functools.cache
 def products_gemm():
     """The :class:`MklGemm` the numba backend multiplies with, or None: NumPy's BLAS then.
-    MKL is loaded only if :func:`mkl_for_products` chooses it for this CPU."""
-    if not mkl_for_products(mkl_setting(), cpu_vendor()):
-        return None
-    return load_mkl_gemm()
+    MKL is loaded only if :func:`mkl_chosen`."""
+    return load_mkl_gemm() if mkl_chosen() else None
 
 
 def _load():
