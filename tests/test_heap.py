@@ -2,8 +2,9 @@
 so that a step's temporaries do not fault their pages in again every step.
 
 Page faults are counted with getrusage in fresh processes (the setting is process-wide):
-four 256 KiB / 2 MiB arrays allocated and freed in a loop must fault no page once the
-numba backend is up, and the switch and a user's own malloc settings must leave glibc's
+four 8 MiB / 2 MiB / 256 KiB arrays allocated and freed in a loop must fault no page once
+the numba backend is up, the largest first (glibc's mmap threshold, frozen by any mallopt
+setting, must not map them afresh each time), and the switch and a user's own malloc settings must leave glibc's
 default, which re-faults such arrays, alone."""
 import os
 import platform
@@ -25,7 +26,7 @@ if {numba!r}:
     NumbaBackend()
 from bpnet.backends import heap
 worst = 0.0
-for size in (256 << 10, 2 << 20):
+for size in (8 << 20, 2 << 20, 256 << 10):
     n = size // 4
     for _ in range(5):
         arrays = [np.ones(n, np.float32) for _ in range(4)]

@@ -16,6 +16,16 @@ temporaries land on pages already mapped, with no faults, in all of those
 cases.  The cost is that a process keeps up to 64 MiB more of freed memory
 than before; its peak is unchanged.
 
+Setting any of glibc's thresholds also freezes its *dynamic* mmap threshold
+(the size from which an array gets its own ``mmap``, which glibc otherwise
+raises to the largest mapped array freed so far, up to 32 MiB) at the value
+it had at that moment: 128 KiB in a process that had freed no large array
+yet.  Every larger array was then mapped, faulted in and unmapped again each
+step, heap padding or not: a 1024x512 float32 temporary faulted all its 513
+pages, and the MLP's step at batch 1024 took 15.8 ms instead of 11.8 ms
+once a worker had run a smaller case first.  So the threshold is set too,
+to 32 MiB, the largest glibc accepts and the value its own dynamic rule
+would reach: arrays up to 32 MiB come from the heap, whatever ran before.
 The numba backend, the one that runs for speed, sets it once when it is
 first created.  ``BPNET_HEAP_PAD=0`` leaves malloc as it is, and so does a
 malloc setting of the user's own (``MALLOC_TOP_PAD_``,
@@ -32,7 +42,8 @@ import platform
 from .switches import env_switch
 
 TOP_PAD_BYTES = 64 << 20
-_M_TOP_PAD = -2                 # glibc's <malloc.h>
+MMAP_THRESHOLD_BYTES = 32 << 20
+_M_TOP_PAD, _M_MMAP_THRESHOLD = -2, -3     # glibc's <malloc.h>
 _USER_SETTINGS = ("MALLOC_TOP_PAD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_")
 
 
@@ -44,7 +55,8 @@ def user_set_malloc() -> bool:
 
 @functools.cache
 def keep_heap_top() -> bool:
-    """Ask glibc to keep :data:`TOP_PAD_BYTES` of freed heap mapped; True where it was set."""
+    """Ask glibc to keep :data:`TOP_PAD_BYTES` of freed heap mapped and to serve arrays up to
+    :data:`MMAP_THRESHOLD_BYTES` from the heap; True where both were set."""
     if env_switch("BPNET_HEAP_PAD") == "off":
         return False
     if user_set_malloc() or platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
@@ -55,4 +67,5 @@ def keep_heap_top() -> bool:
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
-    return mallopt(_M_TOP_PAD, TOP_PAD_BYTES) == 1
+    return all(mallopt(option, value) == 1 for option, value in
+               ((_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES), (_M_TOP_PAD, TOP_PAD_BYTES)))
