@@ -19,7 +19,9 @@ step), and the **step efficiency**: the time the step's matrix products take
 when each is timed alone (with the product library of bpnet's default
 backend: MKL where it is installed and chosen for the CPU, else NumPy's BLAS;
 same shapes and layouts, no dL/dX for the input) divided by the measured
-step, so 1.0 is the limit of a step made only of matrix products.  JAX
+step, so 1.0 is the limit of a step made only of matrix products.  The
+products are timed in every cycle, right after bpnet's block, and their
+median is taken, so that they sample the same spells as the steps.  JAX
 jit-compiles the whole step (XLA); scikit-learn's
 ``MLPClassifier``/``MLPRegressor.partial_fit`` on one batch is one Adam step
 of its NumPy backprop.  Peers that are not installed are skipped with a note
@@ -378,8 +380,9 @@ def serve(framework, threads, repeats, quick):
         elif op == "block":
             reply = {"step_s": case.block(req["steps"])}
         elif op == "bounds":
-            reply = {"bound_s": matmul_bound(case.sizes, case.batch, backend),
-                     "optimizer_s": optimizer_bound(case.sizes, backend)}
+            repeats = req.get("repeats", 7)
+            reply = {"bound_s": matmul_bound(case.sizes, case.batch, backend, repeats),
+                     "optimizer_s": optimizer_bound(case.sizes, backend, repeats)}
         elif op == "drop":
             case = None
             reply = {}
@@ -509,18 +512,22 @@ def time_cases(workers, args):
             per_step = w.ask("case", index=index)["estimate_s"]
             steps[w] = max(5, int(target_seconds(sizes, batch, args.quick) / per_step))
         blocks = {w: [] for w in workers}
+        bounds = {w: [] for w in workers}
         order = list(workers)
         for cycle in range(cycles):
             random.Random(cycle).shuffle(order)
             for w in order:
                 time.sleep(PAUSE_S)
                 blocks[w].append(w.ask("block", steps=steps[w])["step_s"])
+                if w.framework.startswith("bpnet"):   # bpnet's own products alone, same shapes and spell
+                    bounds[w].append(w.ask("bounds", repeats=3))
         for w in workers:
             res = {"kind": kind, "sizes": list(sizes), "batch": batch, "steps": steps[w],
                    "block_step_s": blocks[w], "median_step_s": middle(blocks[w]),
                    "min_step_s": min(blocks[w])}
-            if w.framework.startswith("bpnet"):   # the bound of bpnet's own products, same shapes
-                res.update(w.ask("bounds"))
+            if bounds[w]:
+                res.update({key: middle([b[key] for b in bounds[w]]) for key in ("bound_s", "optimizer_s")})
+                res["cycle_bound_s"] = [b["bound_s"] for b in bounds[w]]
             w.ask("drop")
             results[w.framework]["cases"].append(res)
     for w in workers:
