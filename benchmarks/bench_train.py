@@ -366,8 +366,9 @@ def serve(framework, threads, repeats, quick):
     """A worker: one framework in this process, answering one JSON request per line on stdin
     with one JSON line on stdout, until stdin closes.  Requests: ``case`` (set up case
     ``index``, answer a per-step estimate), ``block`` (time ``steps`` steps of it), ``bounds``
-    (bpnet: its products and Adam update alone), ``drop`` (free the case), ``rss`` (the peak
-    so far) and ``fit`` (bpnet: seconds per step of ``Sequential.fit`` on case ``index``)."""
+    (bpnet: its products and Adam update alone, ``repeats`` timings each), ``drop`` (free
+    the case), ``rss`` (the peak so far) and ``fit`` (bpnet: seconds per step of
+    ``Sequential.fit`` on case ``index``)."""
     set_threads(framework, threads)
     backend = framework.split("-")[1] if framework.startswith("bpnet") else None
     case = None
@@ -380,9 +381,8 @@ def serve(framework, threads, repeats, quick):
         elif op == "block":
             reply = {"step_s": case.block(req["steps"])}
         elif op == "bounds":
-            repeats = req.get("repeats", 7)
-            reply = {"bound_s": matmul_bound(case.sizes, case.batch, backend, repeats),
-                     "optimizer_s": optimizer_bound(case.sizes, backend, repeats)}
+            reply = {"bound_s": matmul_bound(case.sizes, case.batch, backend, req["repeats"]),
+                     "optimizer_s": optimizer_bound(case.sizes, backend, req["repeats"])}
         elif op == "drop":
             case = None
             reply = {}
@@ -527,7 +527,6 @@ def time_cases(workers, args):
                    "min_step_s": min(blocks[w])}
             if bounds[w]:
                 res.update({key: middle([b[key] for b in bounds[w]]) for key in ("bound_s", "optimizer_s")})
-                res["cycle_bound_s"] = [b["bound_s"] for b in bounds[w]]
             w.ask("drop")
             results[w.framework]["cases"].append(res)
     for w in workers:

@@ -4,8 +4,8 @@ so that a step's temporaries do not fault their pages in again every step.
 Page faults are counted with getrusage in fresh processes (the setting is process-wide):
 four 8 MiB / 2 MiB / 256 KiB arrays allocated and freed in a loop must fault no page once
 the numba backend is up, the largest first (glibc's mmap threshold, frozen by any mallopt
-setting, must not map them afresh each time), and the switch and a user's own malloc settings must leave glibc's
-default, which re-faults such arrays, alone."""
+setting, must not map them afresh each time), and the switch and a user's own malloc
+settings must leave glibc's default, which re-faults such arrays, alone."""
 import os
 import platform
 import subprocess

@@ -26,7 +26,8 @@ pages, and the MLP's step at batch 1024 took 15.8 ms instead of 11.8 ms
 once a worker had run a smaller case first.  So the threshold is set too,
 to 32 MiB, the largest glibc accepts and the value its own dynamic rule
 would reach: arrays up to 32 MiB come from the heap, whatever ran before.
-The numba backend, the one that runs for speed, sets it once when it is
+
+The numba backend, the one that runs for speed, sets both once when it is
 first created.  ``BPNET_HEAP_PAD=0`` leaves malloc as it is, and so does a
 malloc setting of the user's own (``MALLOC_TOP_PAD_``,
 ``MALLOC_TRIM_THRESHOLD_``, ``MALLOC_MMAP_THRESHOLD_`` or ``glibc.malloc``
