@@ -71,7 +71,8 @@ _jit_parallel = njit(cache=True, fastmath=False, error_model="numpy", parallel=T
 #
 # Loops never write an array they also read through a second argument: LLVM
 # then cannot prove the two do not overlap and runs the scalar loop (3x
-# slower), so in-place variants take the shared array once.
+# slower), so the forward kernels' in-place variants take the shared array
+# once (act_backward in place is the exception, below).
 
 @_jit
 def _fwd(code, x, a, zero):
@@ -186,74 +187,41 @@ def _bwd(code, y, dy, a, zero, one):
     return dy
 
 
-# Where act_backward writes its result.
-TO_OUT, TO_DY, TO_Y = 0, 1, 2
-
-# The two backward kernels test the activation's code once, outside their
-# loops, and call the loop with the code as a constant: LLVM inlines the loop
-# and folds ``_bwd`` to one formula, and the loop is vectorised.  LLVM does
-# take a run-time test out of a single loop by itself, but not out of
-# act_backward's three (one per destination), which then ran element by
-# element: dz of 65,536 float32 took 15-19 µs that way and 10-13 µs this way,
-# float64 100-143 µs and 24-30 µs (benchmarks/bench_kernels.py).  Passing the
-# loop in as an argument instead would make the kernels uncacheable.
-
+# act_backward is a single loop, and that matters: LLVM takes the test of the
+# code out of a lone loop (one vectorised copy of the loop per activation),
+# but not out of the three loops this kernel once had, one per destination
+# array, which then ran element by element: dz of 65,536 float32 took
+# 15-19 µs that way and 10-13 µs now, float64 100-143 µs and 24-30 µs
+# (benchmarks/bench_kernels.py).  In place (out is y or dy) it runs the same
+# loop, unvectorised, since LLVM cannot rule out a partial overlap; no layer
+# asks for that.
 
 @_jit
-def _act_backward_loop(y, dy, out, code, alpha, dest):
+def act_backward(y, dy, out, code, alpha):
+    """out = dz = dy * f'(z); 1-D; out may be y or dy itself."""
     zero = y.dtype.type(0)
     one = y.dtype.type(1)
     a = y.dtype.type(alpha)
-    if dest == TO_DY:
-        for i in range(y.size):
-            dy[i] = _bwd(code, y[i], dy[i], a, zero, one)
-    elif dest == TO_Y:
-        for i in range(y.size):
-            y[i] = _bwd(code, y[i], dy[i], a, zero, one)
-    else:
-        for i in range(y.size):
-            out[i] = _bwd(code, y[i], dy[i], a, zero, one)
-
-
-@_jit
-def act_backward(y, dy, out, code, alpha, dest):
-    """dz = dy * f'(z) into out (dest TO_OUT), dy (TO_DY) or y (TO_Y); 1-D."""
-    if code == RELU:
-        _act_backward_loop(y, dy, out, RELU, alpha, dest)
-    elif code == LEAKY_RELU:
-        _act_backward_loop(y, dy, out, LEAKY_RELU, alpha, dest)
-    elif code == ELU:
-        _act_backward_loop(y, dy, out, ELU, alpha, dest)
-    elif code == SIGMOID:
-        _act_backward_loop(y, dy, out, SIGMOID, alpha, dest)
-    elif code == TANH:
-        _act_backward_loop(y, dy, out, TANH, alpha, dest)
-    else:
-        _act_backward_loop(y, dy, out, IDENTITY, alpha, dest)
+    for i in range(y.size):
+        out[i] = _bwd(code, y[i], dy[i], a, zero, one)
 
 
 # Rows per block of act_backward_bias: about 32 KiB of dz, still in the L1 or
-# L2 cache when its rows are added to db.
+# L2 cache when the block's rows are added to db.
 _BIAS_BLOCK_BYTES = 32768
 
 
 @_jit
-def _act_backward_bias_blocks(y, dy, dz, db, code, alpha):
-    n, m = y.shape
-    y1, dy1, dz1 = y.ravel(), dy.ravel(), dz.ravel()
-    rows = max(1, _BIAS_BLOCK_BYTES // (m * y.itemsize))
-    for start in range(0, n, rows):
-        stop = min(n, start + rows)
-        _act_backward_loop(y1[start * m:stop * m], dy1[start * m:stop * m],
-                           dz1[start * m:stop * m], code, alpha, TO_OUT)
-        first = start
-        if start == 0:
-            for j in range(m):
-                db[j] = dz[0, j]
-            first = 1
-        for i in range(first, stop):
-            for j in range(m):
-                db[j] += dz[i, j]
+def _add_rows(dz, db, start, stop):
+    """db += rows start..stop-1 of dz, in order; row 0 starts db."""
+    m = dz.shape[1]
+    if start == 0:
+        for j in range(m):
+            db[j] = dz[0, j]
+        start = 1
+    for i in range(start, stop):
+        for j in range(m):
+            db[j] += dz[i, j]
 
 
 @_jit
@@ -262,25 +230,22 @@ def act_backward_bias(y, dy, dz, db, code, alpha):
 
     The fused step's backward: the bias gradient of a Dense layer followed by
     the activation is the batch sum of dz.  dz is made a block of rows at a
-    time (the vectorised loop of act_backward), and each block's rows are
-    added to db while they are still in cache.  The rows are added in NumPy's
-    order for ``dz.sum(axis=0)`` (row 0, then + row 1, + row 2, ...), which
-    makes db bit-identical to the reference for M ≥ 2; a single column NumPy
-    sums pairwise, so the backend sends M = 1 to the reference.  dz is
-    distinct from y and dy; all three are C-contiguous.
+    time (act_backward's loop), and the block's rows are added to db while
+    they are still in cache; adding each dz to db in the loop that makes it
+    keeps LLVM from vectorising that loop (about 1.5x slower).  The rows are added in NumPy's order for
+    ``dz.sum(axis=0)`` (row 0, then + row 1, + row 2, ...), which makes db
+    bit-identical to the reference for M ≥ 2; a single column NumPy sums
+    pairwise, so the backend sends M = 1 to the reference.  dz is distinct
+    from y and dy; all three are C-contiguous.
     """
-    if code == RELU:
-        _act_backward_bias_blocks(y, dy, dz, db, RELU, alpha)
-    elif code == LEAKY_RELU:
-        _act_backward_bias_blocks(y, dy, dz, db, LEAKY_RELU, alpha)
-    elif code == ELU:
-        _act_backward_bias_blocks(y, dy, dz, db, ELU, alpha)
-    elif code == SIGMOID:
-        _act_backward_bias_blocks(y, dy, dz, db, SIGMOID, alpha)
-    elif code == TANH:
-        _act_backward_bias_blocks(y, dy, dz, db, TANH, alpha)
-    else:
-        _act_backward_bias_blocks(y, dy, dz, db, IDENTITY, alpha)
+    n, m = y.shape
+    y1, dy1, dz1 = y.ravel(), dy.ravel(), dz.ravel()
+    rows = max(1, _BIAS_BLOCK_BYTES // (m * y.itemsize))
+    for start in range(0, n, rows):
+        stop = min(n, start + rows)
+        act_backward(y1[start * m:stop * m], dy1[start * m:stop * m],
+                     dz1[start * m:stop * m], code, alpha)
+        _add_rows(dz, db, start, stop)
 
 
 # -- softmax cross-entropy, loss and gradient ---------------------------------

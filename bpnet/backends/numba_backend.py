@@ -168,16 +168,11 @@ class NumbaBackend(NumpyBackend):
                                           and _writable(out))):
             return super().activation_backward(act, y, dy, out)
         if out is None:
-            out, dest = np.empty_like(y), K.TO_OUT
-        elif out is dy:
-            dest = K.TO_DY
-        elif out is y:
-            dest = K.TO_Y
-        elif np.may_share_memory(out, y) or np.may_share_memory(out, dy):
+            out = np.empty_like(y)
+        elif out is not dy and out is not y and \
+                (np.may_share_memory(out, y) or np.may_share_memory(out, dy)):
             return super().activation_backward(act, y, dy, out)   # partial overlap
-        else:
-            dest = K.TO_OUT
-        K.act_backward(_flat(y), _flat(dy), _flat(out), code, float(act.alpha), dest)
+        K.act_backward(_flat(y), _flat(dy), _flat(out), code, float(act.alpha))
         return out
 
     def activation_bias_backward(self, act, y, dy, db):
