@@ -44,10 +44,10 @@ time and peak RSS) with bpnet's default backend and with ``backend="numpy"``.
     OPENBLAS_CORETYPE=Haswell python benchmarks/bench_train.py   # the AVX2 kernels on an AVX-512 CPU
 
 With ``OPENBLAS_CORETYPE=Haswell`` the other kernel libraries are held to AVX2
-as well (MKL and oneDNN in PyTorch, XLA in JAX, MKL in bpnet's numba backend),
-so that the picture is the one an AVX2 machine gives rather than AVX2 products
-against AVX-512 ones.  (XLA's flag caps the code XLA generates; the matrix
-kernels compiled into jaxlib may still choose their own.)
+as well (MKL and oneDNN in PyTorch; XLA's code generator and, with YNNPACK's
+fusions off, oneDNN's products in JAX; MKL in bpnet's numba backend), so that
+the picture is the one an AVX2 machine gives rather than AVX2 products
+against AVX-512 ones (see ``AVX2_ENV``).
 """
 from __future__ import annotations
 
@@ -340,10 +340,16 @@ def avx2_only():
 
 
 # What holds each framework's own kernels to AVX2 (read when its library loads): MKL and oneDNN
-# in PyTorch, XLA's code generator in JAX, MKL in bpnet's numba backend.  On a real AVX2 machine
-# they do nothing.
+# in PyTorch, MKL in bpnet's numba backend.  In JAX, XLA's flag caps only the code XLA
+# generates: its matrix products run in YNNPACK, which picks its instructions at run time and
+# has no cap (a 1024x784x512 product ran at 200-267 GFLOP/s with the flag set to AVX2, and to
+# SSE4.2, against 120-130 for OpenBLAS's Haswell kernel).  With YNNPACK's fusions turned off
+# XLA sends the products to oneDNN, which ran them as fast (216-230 GFLOP/s) and obeys
+# ONEDNN_MAX_CPU_ISA (108-135 at AVX2).  On a real AVX2 machine these settings do nothing but
+# the YNNPACK switch.
 AVX2_ENV = {"torch": {"MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
-            "jax": {"XLA_FLAGS": "--xla_cpu_max_isa=AVX2"},
+            "jax": {"XLA_FLAGS": "--xla_cpu_max_isa=AVX2 --xla_cpu_experimental_ynn_fusion_type=",
+                    "ONEDNN_MAX_CPU_ISA": "AVX2"},
             "bpnet-numba": {"MKL_ENABLE_INSTRUCTIONS": "AVX2"}}
 
 
