@@ -232,11 +232,11 @@ def act_backward_bias(y, dy, dz, db, code, alpha):
     the activation is the batch sum of dz.  dz is made a block of rows at a
     time (act_backward's loop), and the block's rows are added to db while
     they are still in cache; adding each dz to db in the loop that makes it
-    keeps LLVM from vectorising that loop (about 1.5x slower).  The rows are added in NumPy's order for
-    ``dz.sum(axis=0)`` (row 0, then + row 1, + row 2, ...), which makes db
-    bit-identical to the reference for M ≥ 2; a single column NumPy sums
-    pairwise, so the backend sends M = 1 to the reference.  dz is distinct
-    from y and dy; all three are C-contiguous.
+    keeps LLVM from vectorising that loop (about 1.5x slower).  The rows are
+    added in NumPy's order for ``dz.sum(axis=0)`` (row 0, then + row 1,
+    + row 2, ...), which makes db bit-identical to the reference for M ≥ 2;
+    a single column NumPy sums pairwise, so the backend sends M = 1 to the
+    reference.  dz is distinct from y and dy; all three are C-contiguous.
     """
     n, m = y.shape
     y1, dy1, dz1 = y.ravel(), dy.ravel(), dz.ravel()
