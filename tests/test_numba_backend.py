@@ -137,8 +137,9 @@ def test_act_backward_out_semantics(kind, dtype, shape, rng):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(1, 1), (1, 9), (7, 1), (300, 1), (2, 2), (33, 17), (129, 64), (5, 8200), (1000, 130)])
 def test_act_backward_bias_is_the_reference_bit_for_bit(kind, dtype, shape, rng):
-    """dz and db = Σ_n dz from one pass equal activation_backward and NumPy's own batch sum exactly
-    (the kernel adds rows in NumPy's order; one column, summed pairwise by NumPy, uses the reference)."""
+    """dz and db = Σ_n dz from the fused kernel equal activation_backward and NumPy's own batch sum exactly
+    (the kernel adds rows in NumPy's order, a block of rows at a time: (129, 64) and (5, 8200) end on
+    a one-row block; one column, summed pairwise by NumPy, uses the reference)."""
     a = act(kind, ALPHA.get(kind, 0.0))
     y = REF.activation_forward(a, rand(rng, shape, dtype)).copy()
     dy = rand(rng, shape, dtype, 1.0)
