@@ -53,17 +53,18 @@ def bias_relu_parallel(z, b):
 @njit(cache=True, error_model="numpy")
 def act_backward_code_in_loop(y, dy, out, code, dest):
     """bpnet's act_backward as first written: one loop per destination, the
-    activation's code tested inside each."""
+    activation's code tested inside each (α = 0: relu and tanh read none)."""
     zero, one = y.dtype.type(0), y.dtype.type(1)
+    alpha = zero
     if dest == 1:
         for i in range(y.size):
-            dy[i] = _bwd(code, y[i], dy[i], zero, zero, one)
+            dy[i] = _bwd(code, y[i], dy[i], alpha, zero, one)
     elif dest == 2:
         for i in range(y.size):
-            y[i] = _bwd(code, y[i], dy[i], zero, zero, one)
+            y[i] = _bwd(code, y[i], dy[i], alpha, zero, one)
     else:
         for i in range(y.size):
-            out[i] = _bwd(code, y[i], dy[i], zero, zero, one)
+            out[i] = _bwd(code, y[i], dy[i], alpha, zero, one)
 
 
 def median_ms(fn, repeats, inner=20):
