@@ -117,8 +117,8 @@ def main():
     # Each kernel follows the product its own backend's step would run before it.
     gemm = {"numpy reference": lambda: ref.matmul(a, w, out=out),
             "bpnet numba": lambda: nb.matmul(a, w, out=out)}
-    gemm["numba parallel=True"] = gemm["bpnet numba"]
     gemm_ms = {label: median_ms(fn, args.repeats) for label, fn in gemm.items()}
+    gemm["numba parallel=True"] = gemm["bpnet numba"]
     on_mkl = products_gemm() is not None
     print(f"{os.cpu_count()} cores; load average {os.getloadavg()[0]:.2f}; the 1024x784x512 "
           f"matmul alone: {gemm_ms['numpy reference']:.3f} ms on NumPy's BLAS, "
