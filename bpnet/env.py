@@ -28,9 +28,9 @@ import sys
 __all__ = ["show_versions", "usable_cores"]
 
 #: environment variables that change threading or backend choice, reported verbatim when set
-ENV_VARS = ("BPNET_BACKEND", "BPNET_MKL", "BPNET_HEAP_PAD", "NUMBA_NUM_THREADS", "NUMBA_THREADING_LAYER",
-            "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS", "OPENBLAS_CORETYPE",
-            "CUDA_VISIBLE_DEVICES", "CUDA_PATH")
+ENV_VARS = ("BPNET_BACKEND", "BPNET_MKL", "BPNET_AOT", "BPNET_CACHE_DIR", "BPNET_HEAP_PAD",
+            "NUMBA_NUM_THREADS", "NUMBA_THREADING_LAYER", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+            "MKL_NUM_THREADS", "BLIS_NUM_THREADS", "OPENBLAS_CORETYPE", "CUDA_VISIBLE_DEVICES", "CUDA_PATH")
 
 
 def _version(module_name: str):
@@ -130,6 +130,16 @@ def _numba_info() -> dict:
     return info
 
 
+def _aot_kernels() -> str:
+    """Whether ``bpnet build-kernels`` has built the kernel module for this machine (found
+    without loading it) and what ``BPNET_AOT`` says."""
+    from .backends import numba_aot
+    folder = numba_aot.module_dir()
+    built = (folder / numba_aot.MANIFEST).is_file()
+    state = f"built ({folder})" if built else "not built (`bpnet build-kernels` builds it)"
+    return f"{state}; BPNET_AOT: {numba_aot.setting()}"
+
+
 def _numba_products() -> str:
     """What the numba backend multiplies matrices with, found without loading it."""
     from .backends.mkl_gemm import cpu_vendor, mkl_chosen, mkl_libraries
@@ -203,7 +213,8 @@ def show_versions(print_fn=print) -> dict:
     Keys: ``python``, ``python_executable``, ``platform``, ``machine``, ``cpu_count``,
     ``usable_cores``, ``bpnet``, ``numpy``, ``scipy``, ``numba``, ``numba_threading_layer``,
     ``numba_num_threads``, ``bpnet_kernels_parallel``, ``numba_threads_used``,
-    ``numba_products`` (the numba backend's matrix-product library), ``cupy``,
+    ``numba_products`` (the numba backend's matrix-product library), ``numba_kernels_aot``
+    (whether the ahead-of-time kernel module is built for this machine), ``cupy``,
     ``cupy_cuda_major``, ``cuda_runtime``, ``cuda_driver``, ``cuda_devices``, ``threadpoolctl``,
     ``blas`` (one dict per loaded BLAS/OpenMP library, None without threadpoolctl),
     ``blas_threads``, ``default_backend``, ``default_backend_reason``, ``env`` (the threading
@@ -223,6 +234,7 @@ def show_versions(print_fn=print) -> dict:
     }
     info.update(_numba_info())
     info["numba_products"] = _numba_products()
+    info["numba_kernels_aot"] = _aot_kernels()
     # bpnet's Numba kernels are serial unless compiled with parallel=True, so only then can
     # Numba's thread pool and BLAS's pools compete on the same cores.
     info["numba_threads_used"] = (info["numba_num_threads"] or 1) if info["bpnet_kernels_parallel"] else 1
@@ -255,6 +267,7 @@ def format_report(info: dict) -> str:
     lines.append(row("numba_threading_layer", info["numba_threading_layer"]))
     lines.append(row("bpnet_kernels_parallel", info["bpnet_kernels_parallel"]))
     lines.append(row("numba_products", info["numba_products"]))
+    lines.append(row("numba_kernels_aot", info["numba_kernels_aot"]))
     if info["blas"] is None:
         lines.append(row("blas", "unknown (pip install threadpoolctl to see it)"))
     for pool in info["blas"] or []:

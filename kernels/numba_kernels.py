@@ -113,7 +113,6 @@ def bias_act_forward(z, b, code, alpha):
     for i in range(n):
         for j in range(m):
             z[i, j] = _fwd(code, z[i, j] + b[j], a, zero)
-    return z
 
 
 @_jit
@@ -135,7 +134,6 @@ def act_forward(z, out, code, alpha):
     a = z.dtype.type(alpha)
     for i in range(z.size):
         out[i] = _fwd(code, z[i], a, zero)
-    return out
 
 
 @_jit
@@ -145,7 +143,6 @@ def act_forward_(z, code, alpha):
     a = z.dtype.type(alpha)
     for i in range(z.size):
         z[i] = _fwd(code, z[i], a, zero)
-    return z
 
 
 @_jit

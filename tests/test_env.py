@@ -12,7 +12,8 @@ from bpnet import env
 
 KEYS = {"python", "python_executable", "platform", "machine", "cpu_count", "usable_cores", "bpnet", "numpy",
         "scipy", "numba", "numba_threading_layer", "numba_num_threads", "bpnet_kernels_parallel",
-        "numba_threads_used", "numba_products", "cupy", "cupy_cuda_major", "cuda_runtime", "cuda_driver", "cuda_devices",
+        "numba_threads_used", "numba_products", "numba_kernels_aot", "cupy", "cupy_cuda_major", "cuda_runtime",
+        "cuda_driver", "cuda_devices",
         "threadpoolctl", "blas", "blas_threads", "default_backend", "default_backend_reason", "env",
         "warnings"}
 
@@ -128,3 +129,18 @@ def test_numba_products_follow_bpnet_mkl_and_the_cpu_vendor(monkeypatch, setting
     info = env.show_versions(print_fn=None)
     assert info["numba_products"].startswith("MKL" if chosen else "NumPy's BLAS"), info["numba_products"]
     assert info["env"]["BPNET_MKL"] == setting
+
+
+def test_the_report_says_whether_the_ahead_of_time_kernels_are_built(monkeypatch, tmp_path):
+    from bpnet.backends import numba_aot
+    monkeypatch.setenv("BPNET_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("BPNET_AOT", "0")
+    info = env.show_versions(print_fn=None)
+    assert info["numba_kernels_aot"].startswith("not built") and info["numba_kernels_aot"].endswith("off")
+    folder = numba_aot.module_dir()
+    folder.mkdir(parents=True)
+    (folder / numba_aot.MANIFEST).write_text("{}")
+    monkeypatch.delenv("BPNET_AOT")
+    info = env.show_versions(print_fn=None)
+    assert info["numba_kernels_aot"] == f"built ({folder}); BPNET_AOT: auto"
+    assert info["env"]["BPNET_CACHE_DIR"] == str(tmp_path)

@@ -233,7 +233,7 @@ def test_adam_runs_parallel_beside_mkl_and_gives_the_serial_numbers():
     import os
     import subprocess
     import sys
-    env = {**os.environ, "BPNET_MKL": "1", "NUMBA_NUM_THREADS": "2"}
+    env = {**os.environ, "BPNET_MKL": "1", "NUMBA_NUM_THREADS": "2", "BPNET_AOT": "0"}
     env.pop("NUMBA_THREADING_LAYER", None)
     run = subprocess.run([sys.executable, "-c", PARALLEL_ADAM_SCRIPT], capture_output=True, text=True,
                          env=env, timeout=300)

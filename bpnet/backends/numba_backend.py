@@ -17,17 +17,43 @@ reference, so a caller never has to care which path ran.
 from __future__ import annotations
 
 import functools
+import os
 import time
 from types import SimpleNamespace
 
 import numpy as np
 
-from bpnet.kernels import numba_kernels as K
-
+from . import numba_aot
 from .heap import keep_heap_top
 from .mkl_gemm import large_enough, products_gemm
 from .numpy_backend import NumpyBackend
 
+
+def _kernels():
+    """The ahead-of-time kernel module (no Numba, no LLVM in the process: ``numba_aot.py``)
+    where one is built for this machine and chosen, else the JIT kernels.  By default
+    (``BPNET_AOT`` unset) it is chosen unless the JIT's parallel Adam would run, which the
+    module cannot hold (:func:`parallel_adam_possible`); ``BPNET_AOT=1`` always chooses it
+    where it is built, ``BPNET_AOT=0`` never."""
+    setting = numba_aot.setting()
+    if setting == "on" or (setting == "auto" and not parallel_adam_possible()):
+        aot = numba_aot.load()
+        if aot is not None:
+            return aot
+    from bpnet.kernels import numba_kernels
+    return numba_kernels
+
+
+def parallel_adam_possible():
+    """Whether :func:`adam_runs_parallel` could be true here, found without importing Numba:
+    the products run on MKL, there are two cores or more, and no setting rules it out."""
+    threads = os.environ.get("NUMBA_NUM_THREADS", "").strip()
+    layer = os.environ.get("NUMBA_THREADING_LAYER", "").strip().lower()
+    cores = int(threads) if threads.isdigit() else (os.cpu_count() or 1)
+    return cores >= 2 and layer in ("", "default", "omp") and products_gemm() is not None
+
+
+K = _kernels()
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 # Exponent bits of each float width: a value is NaN/Inf iff all are set.
 _EXP_BITS = {np.dtype(np.float32): (np.uint32, np.uint32(0x7F800000)),
@@ -74,7 +100,10 @@ def adam_runs_parallel():
     that both use one pool of threads.  Next to OpenBLAS's threads, which spin between
     products, a second thread of Numba's slows the update down instead (see
     kernels/numba_kernels.py).  Numba's threading layer is set to OpenMP here unless the
-    user chose one (NUMBA_THREADING_LAYER) or another layer is already running."""
+    user chose one (NUMBA_THREADING_LAYER) or another layer is already running.  Never with
+    the ahead-of-time kernels, which keep Numba out of the process."""
+    if getattr(K, "ahead_of_time", False):
+        return False
     import numba
     from numba.np.ufunc import parallel
     if products_gemm() is None or numba.config.NUMBA_NUM_THREADS < 2 or \
@@ -305,6 +334,8 @@ class NumbaBackend(NumpyBackend):
             self.bias_activation_forward(act, z.copy(), b)
             if code not in (K.IDENTITY, K.TANH):
                 self.activation_forward(act, z)
+                in_place = z.copy()
+                self.activation_forward(act, in_place, out=in_place)
             if code != K.IDENTITY:
                 self.activation_backward(act, z, z)
                 self.activation_bias_backward(act, z, z, b.copy())
