@@ -37,8 +37,17 @@ data set (shuffled gathers, accuracy, callbacks), after its worker's peak RSS
 is taken.  The share of CPU time the hypervisor stole during the rounds is
 printed with the table: on a shared host it is the noise the figures carry.
 
+bpnet runs in three workers: ``bpnet-numpy`` (the reference backend),
+``bpnet-numba`` (the default for a long run, with the kernels its default
+takes here: the JIT ones where MKL runs Adam on two threads, else the
+ahead-of-time module where it is built) and ``bpnet-aot`` (the numba backend on
+the ahead-of-time kernel module, ``BPNET_AOT=1``: no Numba or LLVM in the
+process, Adam on one core), for which the benchmark first builds the module
+as ``bpnet build-kernels`` does.
+
 Start-up: a 20-line script that trains a tiny net is timed end to end (wall
-time and peak RSS) with bpnet's default backend and with ``backend="numpy"``.
+time and peak RSS) with bpnet's default backend and with ``backend="numpy"``;
+and the cost, in seconds and peak RSS, of loading each form of the kernels.
 
     python benchmarks/bench_train.py [--threads N] [--repeats 5] [--rounds 3] [--quick]
     OPENBLAS_CORETYPE=Haswell python benchmarks/bench_train.py   # the AVX2 kernels on an AVX-512 CPU
@@ -69,7 +78,12 @@ CASES = [
     ("deep", (64,) + (256,) * 8 + (10,), 256),
 ]
 PEERS = ["torch", "jax", "sklearn"]
-FRAMEWORKS = PEERS + ["bpnet-numpy", "bpnet-numba"]
+FRAMEWORKS = PEERS + ["bpnet-numpy", "bpnet-numba", "bpnet-aot"]
+# bpnet's workers: the backend each runs on.  bpnet-numba is the default (BPNET_AOT unset: the
+# JIT kernels where MKL would run Adam on two threads, else the ahead-of-time module where it
+# is built); bpnet-aot always runs the ahead-of-time module (BPNET_AOT=1), which the
+# benchmark builds first (``bpnet build-kernels``).
+BPNET_BACKENDS = {"bpnet-numpy": "numpy", "bpnet-numba": "numba", "bpnet-aot": "numba"}
 PEER_PACKAGES = {"torch": "torch", "jax": "jax", "sklearn": "sklearn"}
 
 
@@ -287,7 +301,7 @@ def optimizer_bound(sizes, backend, repeats=7):
 def stepper(framework, kind, sizes):
     if framework in STEPPERS:
         return STEPPERS[framework](kind, sizes)
-    return bpnet_stepper(kind, sizes, framework.split("-")[1])
+    return bpnet_stepper(kind, sizes, BPNET_BACKENDS[framework])
 
 
 class CaseTimer:
@@ -350,7 +364,8 @@ def avx2_only():
 AVX2_ENV = {"torch": {"MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
             "jax": {"XLA_FLAGS": "--xla_cpu_max_isa=AVX2 --xla_cpu_experimental_ynn_fusion_type=",
                     "ONEDNN_MAX_CPU_ISA": "AVX2"},
-            "bpnet-numba": {"MKL_ENABLE_INSTRUCTIONS": "AVX2"}}
+            "bpnet-numba": {"MKL_ENABLE_INSTRUCTIONS": "AVX2"},
+            "bpnet-aot": {"MKL_ENABLE_INSTRUCTIONS": "AVX2"}}
 
 
 def set_threads(framework, n):
@@ -359,6 +374,8 @@ def set_threads(framework, n):
     if avx2_only():
         for key, value in AVX2_ENV.get(framework, {}).items():
             os.environ[key] = (os.environ.get(key, "") + " " + value).strip()
+    if framework == "bpnet-aot":      # read when the numba backend loads its kernels
+        os.environ["BPNET_AOT"] = "1"
     if framework == "torch":          # only the torch worker imports torch
         import torch
         torch.set_num_threads(n)
@@ -376,7 +393,7 @@ def serve(framework, threads, repeats, quick):
     the case), ``rss`` (the peak so far) and ``fit`` (bpnet: seconds per step of
     ``Sequential.fit`` on case ``index``)."""
     set_threads(framework, threads)
-    backend = framework.split("-")[1] if framework.startswith("bpnet") else None
+    backend = BPNET_BACKENDS.get(framework)
     case = None
     for line in sys.stdin:
         req = json.loads(line)
@@ -393,13 +410,21 @@ def serve(framework, threads, repeats, quick):
             case = None
             reply = {}
         elif op == "rss":
-            reply = {"peak_rss_mb": peak_rss_mb()}
+            reply = {"peak_rss_mb": peak_rss_mb(), "kernels": kernels_loaded()}
         elif op == "fit":
             kind, sizes, batch = CASES[req["index"]]
             reply = {"fit_step_s": time_fit(kind, sizes, batch, backend, req["step_s"], repeats, quick)}
         else:
             raise ValueError(f"unknown request {op!r}")
         print(json.dumps(reply), flush=True)
+
+
+def kernels_loaded():
+    """Which numba kernels this worker ran: "ahead-of-time", "JIT", or None (no numba backend)."""
+    module = sys.modules.get("bpnet.backends.numba_backend")
+    if module is None:
+        return None
+    return "ahead-of-time" if getattr(module.K, "ahead_of_time", False) else "JIT"
 
 
 def peak_rss_mb():
@@ -451,16 +476,32 @@ def numba_products():
     return bpnet.show_versions(print_fn=None)["numba_products"]
 
 
+# Loading the numba backend (its kernels' module, Numba itself for the JIT ones) and calling
+# each kernel once: the start-up a training process pays for the fused kernels.
+LOAD_KERNELS = ("import time; from bpnet.backends import get_backend; t0 = time.perf_counter(); "
+                "get_backend('numba').warmup('float32'); print(time.perf_counter() - t0)")
+
+
+def aot_first_call():
+    """Seconds to load the ahead-of-time kernels and call each once in a fresh process, and
+    the extra peak RSS (MB) against one that only imports bpnet's backends."""
+    plain = "import bpnet.backends; print(0)"
+    env = {**os.environ, "BPNET_AOT": "1"}
+    runs = [subprocess.run([sys.executable, "-c", code + PEAK_RSS_LINE], capture_output=True,
+                           text=True, env=env) for code in (LOAD_KERNELS, plain)]
+    extra_mb = (int(runs[0].stderr.split()[-1]) - int(runs[1].stderr.split()[-1])) / 1024
+    return float(runs[0].stdout.strip().splitlines()[-1]), extra_mb
+
+
 def numba_first_call():
     """First-call cost of the Numba kernels, each in a fresh process: seconds with a cold cache,
     seconds with the warm on-disk cache, and the extra peak RSS (MB) of loading them (the warm
     process against one that only imports bpnet's backends)."""
-    load = "from bpnet.backends import get_backend; print(get_backend('numba').warmup('float32'))"
     plain = "import bpnet.backends; print(0)"
     with tempfile.TemporaryDirectory() as cache:
-        env = {**os.environ, "NUMBA_CACHE_DIR": cache}
+        env = {**os.environ, "NUMBA_CACHE_DIR": cache, "BPNET_AOT": "0"}
         runs = [subprocess.run([sys.executable, "-c", code + PEAK_RSS_LINE], capture_output=True,
-                               text=True, env=env) for code in (load, load, plain)]
+                               text=True, env=env) for code in (LOAD_KERNELS, LOAD_KERNELS, plain)]
     if any(r.returncode for r in runs):
         return None
     cold, warm = (float(r.stdout.strip().splitlines()[-1]) for r in runs[:2])
@@ -536,7 +577,9 @@ def time_cases(workers, args):
             w.ask("drop")
             results[w.framework]["cases"].append(res)
     for w in workers:
-        results[w.framework]["peak_rss_mb"] = w.ask("rss")["peak_rss_mb"]   # before fit's data set
+        reply = w.ask("rss")                                              # before fit's data set
+        results[w.framework]["peak_rss_mb"] = reply["peak_rss_mb"]
+        results[w.framework]["kernels"] = reply["kernels"]
     for w in workers:
         if w.framework.startswith("bpnet"):
             for index, res in enumerate(results[w.framework]["cases"]):
@@ -580,6 +623,25 @@ def available_frameworks():
         pkg = PEER_PACKAGES.get(fw)
         (present if pkg is None or importlib.util.find_spec(pkg) is not None else missing).append(fw)
     return present, missing
+
+
+def build_aot_kernels():
+    """Build the ahead-of-time kernel module for this machine where it is not built (what
+    ``bpnet build-kernels`` does); False, with a note, where it cannot be."""
+    import importlib.util
+    if importlib.util.find_spec("numba") is None:
+        print("bpnet-aot: Numba is not installed: skipped")
+        return False
+    from bpnet.backends import numba_aot
+    from bpnet.errors import BackendError
+    t0 = time.perf_counter()
+    try:
+        folder = numba_aot.build(quiet=True)
+    except BackendError as exc:
+        print(f"bpnet-aot: skipped: {exc}")
+        return False
+    print(f"bpnet's ahead-of-time kernels: {folder} ({time.perf_counter() - t0:.1f} s to find or build)")
+    return True
 
 
 def cpu_ticks():
@@ -732,6 +794,8 @@ def main(argv=None):
         frameworks = [f for f in frameworks if f in args.frameworks.split(",")]
     for fw in missing:
         print(f"{fw} is not installed: skipped (pip install {'torch==2.13.0' if fw == 'torch' else PEER_PACKAGES[fw]})")
+    if "bpnet-aot" in frameworks and not build_aot_kernels():
+        frameworks.remove("bpnet-aot")
     ceiling = matmul_ceiling(args.threads, args.quick)
     print(f"machine: {cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
           f"threads per framework: {args.threads}")
@@ -758,13 +822,20 @@ def main(argv=None):
     if steal is not None:
         print(f"CPU steal during the timed blocks: {100 * steal:.1f}% of CPU time (time the hypervisor "
               "ran other guests; above a few percent, expect the rounds to disagree)")
-    print("\npeak RSS (MB): " + ", ".join(f"{fw} {res['peak_rss_mb']:.0f}" for fw, res in results.items()))
+    print("\npeak RSS (MB): " + ", ".join(
+        f"{fw} {res['peak_rss_mb']:.0f}" + (f" ({res['kernels']} kernels)" if res.get("kernels") else "")
+        for fw, res in results.items()))
+    if "bpnet-aot" in results:
+        load_s, extra_mb = aot_first_call()
+        print(f"ahead-of-time kernels, loaded and each called once in a new process: {load_s:.3f} s; "
+              f"loading them adds "
+              f"{extra_mb:.0f} MB of peak RSS (no Numba, no LLVM)")
     if "bpnet-numba" in results:
         first = numba_first_call()
         if first:
             cold, warm, extra_mb = first
-            print(f"numba kernels, first call in a new process: {cold:.2f} s with an empty cache "
-                  f"(compiling), {warm:.2f} s with the on-disk cache (cache=True); loading them "
+            print(f"JIT kernels, loaded and each called once in a new process: {cold:.2f} s with an "
+                  f"empty cache (compiling), {warm:.2f} s with the on-disk cache (cache=True); loading them "
                   f"adds {extra_mb:.0f} MB of peak RSS (Numba, LLVM and, where the backend multiplies on it, MKL)")
             if "bpnet-numpy" in results and "torch" in results:
                 floor = results["bpnet-numpy"]["peak_rss_mb"] + extra_mb
