@@ -38,12 +38,11 @@ is taken.  The share of CPU time the hypervisor stole during the rounds is
 printed with the table: on a shared host it is the noise the figures carry.
 
 bpnet runs in three workers: ``bpnet-numpy`` (the reference backend),
-``bpnet-numba`` (the default for a long run, with the kernels its default
-takes here: the JIT ones where MKL runs Adam on two threads, else the
-ahead-of-time module where it is built) and ``bpnet-aot`` (the numba backend on
-the ahead-of-time kernel module, ``BPNET_AOT=1``: no Numba or LLVM in the
-process, Adam on one core), for which the benchmark first builds the module
-as ``bpnet build-kernels`` does.
+``bpnet-numba`` (the default for a long run: the numba backend on the
+kernels compiled ahead of time, which the benchmark first builds as
+``bpnet build-kernels`` does; no Numba or LLVM in the process) and
+``bpnet-jit`` (the same backend on Numba's JIT kernels, ``BPNET_AOT=0``,
+whose Adam runs on two threads where the products run on MKL).
 
 Start-up: a 20-line script that trains a tiny net is timed end to end (wall
 time and peak RSS) with bpnet's default backend and with ``backend="numpy"``;
@@ -78,12 +77,12 @@ CASES = [
     ("deep", (64,) + (256,) * 8 + (10,), 256),
 ]
 PEERS = ["torch", "jax", "sklearn"]
-FRAMEWORKS = PEERS + ["bpnet-numpy", "bpnet-numba", "bpnet-aot"]
-# bpnet's workers: the backend each runs on.  bpnet-numba is the default (BPNET_AOT unset: the
-# JIT kernels where MKL would run Adam on two threads, else the ahead-of-time module where it
-# is built); bpnet-aot always runs the ahead-of-time module (BPNET_AOT=1), which the
-# benchmark builds first (``bpnet build-kernels``).
-BPNET_BACKENDS = {"bpnet-numpy": "numpy", "bpnet-numba": "numba", "bpnet-aot": "numba"}
+FRAMEWORKS = PEERS + ["bpnet-numpy", "bpnet-numba", "bpnet-jit"]
+# bpnet's workers: the backend each runs on.  bpnet-numba is the default, on the ahead-of-time
+# kernel module, which the benchmark builds first as ``bpnet build-kernels`` does; bpnet-jit
+# is the numba backend on Numba's JIT kernels (BPNET_AOT=0), whose Adam runs on two threads
+# where MKL multiplies.
+BPNET_BACKENDS = {"bpnet-numpy": "numpy", "bpnet-numba": "numba", "bpnet-jit": "numba"}
 PEER_PACKAGES = {"torch": "torch", "jax": "jax", "sklearn": "sklearn"}
 
 
@@ -365,7 +364,7 @@ AVX2_ENV = {"torch": {"MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "
             "jax": {"XLA_FLAGS": "--xla_cpu_max_isa=AVX2 --xla_cpu_experimental_ynn_fusion_type=",
                     "ONEDNN_MAX_CPU_ISA": "AVX2"},
             "bpnet-numba": {"MKL_ENABLE_INSTRUCTIONS": "AVX2"},
-            "bpnet-aot": {"MKL_ENABLE_INSTRUCTIONS": "AVX2"}}
+            "bpnet-jit": {"MKL_ENABLE_INSTRUCTIONS": "AVX2"}}
 
 
 def set_threads(framework, n):
@@ -374,8 +373,8 @@ def set_threads(framework, n):
     if avx2_only():
         for key, value in AVX2_ENV.get(framework, {}).items():
             os.environ[key] = (os.environ.get(key, "") + " " + value).strip()
-    if framework == "bpnet-aot":      # read when the numba backend loads its kernels
-        os.environ["BPNET_AOT"] = "1"
+    if framework == "bpnet-jit":      # read when the numba backend loads its kernels
+        os.environ["BPNET_AOT"] = "0"
     if framework == "torch":          # only the torch worker imports torch
         import torch
         torch.set_num_threads(n)
@@ -486,7 +485,7 @@ def aot_first_call():
     """Seconds to load the ahead-of-time kernels and call each once in a fresh process, and
     the extra peak RSS (MB) against one that only imports bpnet's backends."""
     plain = "import bpnet.backends; print(0)"
-    env = {**os.environ, "BPNET_AOT": "1"}
+    env = {k: v for k, v in os.environ.items() if k != "BPNET_AOT"}
     runs = [subprocess.run([sys.executable, "-c", code + PEAK_RSS_LINE], capture_output=True,
                            text=True, env=env) for code in (LOAD_KERNELS, plain)]
     extra_mb = (int(runs[0].stderr.split()[-1]) - int(runs[1].stderr.split()[-1])) / 1024
@@ -627,10 +626,9 @@ def available_frameworks():
 
 def build_aot_kernels():
     """Build the ahead-of-time kernel module for this machine where it is not built (what
-    ``bpnet build-kernels`` does); False, with a note, where it cannot be."""
+    ``bpnet build-kernels`` does); where it cannot be, bpnet-numba runs the JIT kernels."""
     import importlib.util
     if importlib.util.find_spec("numba") is None:
-        print("bpnet-aot: Numba is not installed: skipped")
         return False
     from bpnet.backends import numba_aot
     from bpnet.errors import BackendError
@@ -638,7 +636,7 @@ def build_aot_kernels():
     try:
         folder = numba_aot.build(quiet=True)
     except BackendError as exc:
-        print(f"bpnet-aot: skipped: {exc}")
+        print(f"bpnet-numba runs the JIT kernels: {exc}")
         return False
     print(f"bpnet's ahead-of-time kernels: {folder} ({time.perf_counter() - t0:.1f} s to find or build)")
     return True
@@ -794,8 +792,8 @@ def main(argv=None):
         frameworks = [f for f in frameworks if f in args.frameworks.split(",")]
     for fw in missing:
         print(f"{fw} is not installed: skipped (pip install {'torch==2.13.0' if fw == 'torch' else PEER_PACKAGES[fw]})")
-    if "bpnet-aot" in frameworks and not build_aot_kernels():
-        frameworks.remove("bpnet-aot")
+    if "bpnet-numba" in frameworks:
+        build_aot_kernels()
     ceiling = matmul_ceiling(args.threads, args.quick)
     print(f"machine: {cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
           f"threads per framework: {args.threads}")
@@ -825,12 +823,12 @@ def main(argv=None):
     print("\npeak RSS (MB): " + ", ".join(
         f"{fw} {res['peak_rss_mb']:.0f}" + (f" ({res['kernels']} kernels)" if res.get("kernels") else "")
         for fw, res in results.items()))
-    if "bpnet-aot" in results:
+    if results.get("bpnet-numba", {}).get("kernels") == "ahead-of-time":
         load_s, extra_mb = aot_first_call()
         print(f"ahead-of-time kernels, loaded and each called once in a new process: {load_s:.3f} s; "
-              f"loading them adds "
-              f"{extra_mb:.0f} MB of peak RSS (no Numba, no LLVM)")
-    if "bpnet-numba" in results:
+              f"loading them adds {extra_mb:.0f} MB of peak RSS (no Numba, no LLVM; MKL loads with "
+              "the first large product)")
+    if "bpnet-numba" in results or "bpnet-jit" in results:
         first = numba_first_call()
         if first:
             cold, warm, extra_mb = first
@@ -839,8 +837,9 @@ def main(argv=None):
                   f"adds {extra_mb:.0f} MB of peak RSS (Numba, LLVM and, where the backend multiplies on it, MKL)")
             if "bpnet-numpy" in results and "torch" in results:
                 floor = results["bpnet-numpy"]["peak_rss_mb"] + extra_mb
-                print(f"  so the numba worker's floor is the numpy worker's peak + {extra_mb:.0f} MB = "
-                      f"{floor:.0f} MB, against half of PyTorch's: {results['torch']['peak_rss_mb'] / 2:.0f} MB")
+                print(f"  so a worker on the JIT kernels needs at least the numpy worker's peak + "
+                      f"{extra_mb:.0f} MB = {floor:.0f} MB, against half of PyTorch's: "
+                      f"{results['torch']['peak_rss_mb'] / 2:.0f} MB")
     starts = {b: startup(b) for b in (None, "numpy")}
     if all(starts.values()):
         d, n = starts[None], starts["numpy"]

@@ -383,9 +383,9 @@ def _register_build_kernels(sub):
                                              "faster start)", formatter_class=types.HelpFormatter,
                        description="Compile the numba backend's kernels into an extension module for "
                                    "this CPU, which later runs load without Numba or LLVM. It goes "
-                                   "into $BPNET_CACHE_DIR (default ~/.cache/bpnet); BPNET_AOT=0 turns "
-                                   "its use off, BPNET_AOT=1 uses it even where MKL would run Adam on "
-                                   "two threads under the JIT.")
+                                   "into $BPNET_CACHE_DIR (default ~/.cache/bpnet); BPNET_AOT=0 keeps "
+                                   "the backend on the JIT kernels, whose Adam runs on two threads "
+                                   "beside MKL.")
     p.set_defaults(func=_build_kernels)
 
 

@@ -132,12 +132,12 @@ def _numba_info() -> dict:
 
 def _aot_kernels() -> str:
     """Whether ``bpnet build-kernels`` has built the kernel module for this machine (found
-    without loading it) and what ``BPNET_AOT`` says."""
+    without loading it), which the numba backend then uses unless ``BPNET_AOT=0``."""
     from .backends import numba_aot
     folder = numba_aot.module_dir()
     built = (folder / numba_aot.MANIFEST).is_file()
     state = f"built ({folder})" if built else "not built (`bpnet build-kernels` builds it)"
-    return f"{state}; BPNET_AOT: {numba_aot.setting()}"
+    return state + ("" if numba_aot.enabled() else "; not used (BPNET_AOT=0)")
 
 
 def _numba_products() -> str:

@@ -136,11 +136,11 @@ def test_the_report_says_whether_the_ahead_of_time_kernels_are_built(monkeypatch
     monkeypatch.setenv("BPNET_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv("BPNET_AOT", "0")
     info = env.show_versions(print_fn=None)
-    assert info["numba_kernels_aot"].startswith("not built") and info["numba_kernels_aot"].endswith("off")
+    assert info["numba_kernels_aot"].startswith("not built") and "BPNET_AOT=0" in info["numba_kernels_aot"]
     folder = numba_aot.module_dir()
     folder.mkdir(parents=True)
     (folder / numba_aot.MANIFEST).write_text("{}")
     monkeypatch.delenv("BPNET_AOT")
     info = env.show_versions(print_fn=None)
-    assert info["numba_kernels_aot"] == f"built ({folder}); BPNET_AOT: auto"
+    assert info["numba_kernels_aot"] == f"built ({folder})"
     assert info["env"]["BPNET_CACHE_DIR"] == str(tmp_path)

@@ -48,14 +48,17 @@ def cache(tmp_path_factory):
 def aot(cache, monkeypatch):
     """The module loaded into this process (which has Numba already) through the cache."""
     monkeypatch.setenv("BPNET_CACHE_DIR", str(cache))
-    monkeypatch.setenv("BPNET_AOT", "1")
+    monkeypatch.delenv("BPNET_AOT", raising=False)
     kernels = numba_aot.load()
     assert kernels is not None
     return kernels
 
 
 def _env(cache, **extra):
-    return {**os.environ, "BPNET_CACHE_DIR": str(cache), "BPNET_AOT": "1", **extra}
+    env = {**os.environ, "BPNET_CACHE_DIR": str(cache), **extra}
+    if "BPNET_AOT" not in extra:
+        env.pop("BPNET_AOT", None)
+    return env
 
 
 def test_the_build_holds_every_kernel_the_backend_calls_for_both_float_widths(cache, aot):
@@ -174,7 +177,7 @@ def test_a_stale_broken_or_switched_off_module_is_not_loaded(cache, monkeypatch,
     monkeypatch.setenv("BPNET_CACHE_DIR", str(cache))
     monkeypatch.setenv("BPNET_AOT", "0")
     assert numba_aot.load() is None
-    monkeypatch.setenv("BPNET_AOT", "1")
+    monkeypatch.delenv("BPNET_AOT")
     monkeypatch.setattr(numba_aot, "build_key", lambda: "0" * 20)        # other sources / CPU
     assert numba_aot.load() is None
     monkeypatch.setenv("BPNET_CACHE_DIR", str(tmp_path))
@@ -186,17 +189,14 @@ def test_a_stale_broken_or_switched_off_module_is_not_loaded(cache, monkeypatch,
     assert numba_aot.load() is None
 
 
-def test_the_default_takes_the_module_unless_the_jit_would_run_adam_in_parallel(cache, monkeypatch):
+def test_the_backend_takes_the_module_where_it_is_built_unless_told_not_to(cache, monkeypatch, tmp_path):
     monkeypatch.setenv("BPNET_CACHE_DIR", str(cache))
     monkeypatch.delenv("BPNET_AOT", raising=False)
-    monkeypatch.setattr(numba_backend, "parallel_adam_possible", lambda: False)
-    assert getattr(numba_backend._kernels(), "ahead_of_time", False)
-    monkeypatch.setattr(numba_backend, "parallel_adam_possible", lambda: True)
-    assert numba_backend._kernels() is jit
-    monkeypatch.setenv("BPNET_AOT", "1")
     assert getattr(numba_backend._kernels(), "ahead_of_time", False)
     monkeypatch.setenv("BPNET_AOT", "0")
-    monkeypatch.setattr(numba_backend, "parallel_adam_possible", lambda: False)
+    assert numba_backend._kernels() is jit
+    monkeypatch.delenv("BPNET_AOT")
+    monkeypatch.setenv("BPNET_CACHE_DIR", str(tmp_path))          # nothing built there
     assert numba_backend._kernels() is jit
 
 

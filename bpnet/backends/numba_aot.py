@@ -10,16 +10,16 @@ extension module, which needs neither Numba nor LLVM at run time::
     bpnet build-kernels          # once per machine and bpnet version
 
 The numba backend then loads that module in place of the JIT kernels
-(:func:`load`), unless the JIT's one parallel kernel would run:
+(:func:`load`); ``BPNET_AOT=0`` keeps it on the JIT.  The module holds every
+type signature the backend's ``warmup`` compiles (float32 and float64 arrays,
+int32 and int64 labels).  Its functions do not check their arguments, so each
+kernel is reached through a small dispatcher that picks the variant by the
+array arguments' dtype, ndim and layout; any other call goes to the JIT
+kernel, which imports Numba then.  One JIT kernel has no counterpart:
 ``adam_step_parallel`` (``prange``, on the OpenMP threads of MKL's products)
-cannot be compiled ahead of time, and with this module Adam runs on one core.
-``BPNET_AOT=1`` chooses the module even then (less memory, a slower Adam where
-MKL multiplies), ``BPNET_AOT=0`` never.  The module holds every type signature
-the backend's ``warmup`` compiles (float32 and float64 arrays, int32 and int64
-labels).  Its functions do not check their arguments, so each kernel is
-reached through a small dispatcher that picks the variant by the array
-arguments' dtype, ndim and layout; any other call goes to the JIT kernel,
-which imports Numba then.
+cannot be compiled ahead of time, so with the module Adam runs on one core,
+which made the MLP's steps 0-12% slower where MKL multiplies (bench_train's
+bpnet-jit worker) and changes nothing elsewhere.
 
 The build runs in a child process and writes into a new folder, which is
 renamed into place only when complete; the folder's name is a hash of what the
@@ -53,12 +53,9 @@ BUILD_SOURCES = ("numba_aot.py", "numba_backend.py")
 NOT_AHEAD_OF_TIME = ("adam_step_parallel",)     # prange: Numba's threading layer, JIT only
 
 
-def setting() -> str:
-    """``BPNET_AOT``: "off" (0), "on" (1) or "auto" (unset: see ``numba_backend._kernels``)."""
-    value = os.environ.get("BPNET_AOT", "").strip().lower()
-    if value in ("0", "off", "false", "no"):
-        return "off"
-    return "on" if value in ("1", "on", "true", "yes") else "auto"
+def enabled() -> bool:
+    """``BPNET_AOT=0`` keeps the numba backend on the JIT kernels even where the module is built."""
+    return os.environ.get("BPNET_AOT", "").strip().lower() not in ("0", "off", "false", "no")
 
 
 def cache_root() -> Path:
@@ -175,7 +172,7 @@ def _dispatcher(name, module, entry):
 
 def load():
     """The ahead-of-time kernels built for this machine, or None (not built, stale, or off)."""
-    if setting() == "off":
+    if not enabled():
         return None
     folder = module_dir()
     manifest_path = folder / MANIFEST

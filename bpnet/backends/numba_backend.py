@@ -17,7 +17,6 @@ reference, so a caller never has to care which path ran.
 from __future__ import annotations
 
 import functools
-import os
 import time
 from types import SimpleNamespace
 
@@ -30,27 +29,15 @@ from .numpy_backend import NumpyBackend
 
 
 def _kernels():
-    """The ahead-of-time kernel module (no Numba, no LLVM in the process: ``numba_aot.py``)
-    where one is built for this machine and chosen, else the JIT kernels.  By default
-    (``BPNET_AOT`` unset) it is chosen unless the JIT's parallel Adam would run, which the
-    module cannot hold (:func:`parallel_adam_possible`); ``BPNET_AOT=1`` always chooses it
-    where it is built, ``BPNET_AOT=0`` never."""
-    setting = numba_aot.setting()
-    if setting == "on" or (setting == "auto" and not parallel_adam_possible()):
-        aot = numba_aot.load()
-        if aot is not None:
-            return aot
+    """The ahead-of-time kernel module where ``bpnet build-kernels`` has built one for this
+    machine (no Numba, no LLVM in the process: ``numba_aot.py``) and ``BPNET_AOT`` is not 0,
+    else the JIT kernels.  The JIT has one kernel more: the parallel Adam beside MKL
+    (:func:`adam_runs_parallel`)."""
+    aot = numba_aot.load()
+    if aot is not None:
+        return aot
     from bpnet.kernels import numba_kernels
     return numba_kernels
-
-
-def parallel_adam_possible():
-    """Whether :func:`adam_runs_parallel` could be true here, found without importing Numba:
-    the products run on MKL, there are two cores or more, and no setting rules it out."""
-    threads = os.environ.get("NUMBA_NUM_THREADS", "").strip()
-    layer = os.environ.get("NUMBA_THREADING_LAYER", "").strip().lower()
-    cores = int(threads) if threads.isdigit() else (os.cpu_count() or 1)
-    return cores >= 2 and layer in ("", "default", "omp") and products_gemm() is not None
 
 
 K = _kernels()
