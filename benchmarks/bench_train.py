@@ -483,11 +483,15 @@ LOAD_KERNELS = ("import time; from bpnet.backends import get_backend; t0 = time.
 
 def aot_first_call():
     """Seconds to load the ahead-of-time kernels and call each once in a fresh process, and
-    the extra peak RSS (MB) against one that only imports bpnet's backends."""
+    the extra peak RSS (MB) against one that only imports bpnet's backends; None where the
+    fresh process did not find the module (its sources changed since it was built)."""
     plain = "import bpnet.backends; print(0)"
+    check = "\nimport bpnet.backends.numba_backend as nb; assert nb.K.ahead_of_time"
     env = {k: v for k, v in os.environ.items() if k != "BPNET_AOT"}
     runs = [subprocess.run([sys.executable, "-c", code + PEAK_RSS_LINE], capture_output=True,
-                           text=True, env=env) for code in (LOAD_KERNELS, plain)]
+                           text=True, env=env) for code in (LOAD_KERNELS + check, plain)]
+    if any(r.returncode for r in runs):
+        return None
     extra_mb = (int(runs[0].stderr.split()[-1]) - int(runs[1].stderr.split()[-1])) / 1024
     return float(runs[0].stdout.strip().splitlines()[-1]), extra_mb
 
@@ -823,8 +827,9 @@ def main(argv=None):
     print("\npeak RSS (MB): " + ", ".join(
         f"{fw} {res['peak_rss_mb']:.0f}" + (f" ({res['kernels']} kernels)" if res.get("kernels") else "")
         for fw, res in results.items()))
-    if results.get("bpnet-numba", {}).get("kernels") == "ahead-of-time":
-        load_s, extra_mb = aot_first_call()
+    first = aot_first_call() if results.get("bpnet-numba", {}).get("kernels") == "ahead-of-time" else None
+    if first:
+        load_s, extra_mb = first
         print(f"ahead-of-time kernels, loaded and each called once in a new process: {load_s:.3f} s; "
               f"loading them adds {extra_mb:.0f} MB of peak RSS (no Numba, no LLVM; MKL loads with "
               "the first large product)")

@@ -371,7 +371,7 @@ def _build_kernels(args) -> int:
     if (target / numba_aot.MANIFEST).is_file():
         print(f"bpnet: the ahead-of-time kernels for this machine are built already: {target}")
         return 0
-    print("bpnet: compiling the numba kernels ahead of time for this CPU (about 15-30 s) ...",
+    print("bpnet: compiling the numba kernels ahead of time for this CPU (10-30 s) ...",
           flush=True)
     numba_aot.build()
     return 0

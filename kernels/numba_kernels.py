@@ -13,7 +13,9 @@ Compilation choices, shared by every kernel:
 * ``@njit`` without signatures: nothing is compiled at import time; each
   kernel compiles on its first call for the dtypes it meets, and
   ``cache=True`` stores the machine code so later processes load it instead
-  (``NumbaBackend.warmup`` triggers and times this).
+  (``NumbaBackend.warmup`` triggers and times this).  ``bpnet build-kernels``
+  compiles these same functions ahead of time, with the same options, into a
+  module that loads without Numba (``bpnet/backends/numba_aot.py``).
 * ``fastmath=False``: no reassociation, so results do not depend on how LLVM
   vectorises a loop, and NaN/Inf propagate exactly as in NumPy (the anomaly
   detector relies on seeing them).  Reductions that should use SIMD are

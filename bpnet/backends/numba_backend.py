@@ -1,5 +1,9 @@
 """The Numba backend: NumPy arrays, fused CPU kernels from ``bpnet.kernels``.
 
+The kernels are Numba's JIT-compiled ones, or the same functions compiled ahead
+of time where ``bpnet build-kernels`` has built them for this machine
+(``numba_aot.py``: no Numba or LLVM in the process).
+
 Every method keeps the signature, return value and in-place effects of the
 :class:`NumpyBackend` method it overrides, and computes the same formula in one
 compiled sweep instead of several array expressions (see the docstring of
