@@ -82,3 +82,24 @@ def test_a_small_script_never_imports_numba():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={k: v for k, v in __import__("os").environ.items() if k != "BPNET_BACKEND"})
     assert out.stdout.split() == ["False", "numpy"]
+
+
+def test_the_break_even_is_shorter_where_the_kernels_are_compiled_ahead_of_time(monkeypatch, tmp_path):
+    from bpnet.backends import (AOT_LOAD_S, NUMBA_LOAD_S, SAVED_PER_LAYER_S, SAVED_PER_PARAM_S, numba_aot,
+                                numba_load_seconds)
+    per_step = 3 * SAVED_PER_LAYER_S + 100_000 * SAVED_PER_PARAM_S
+
+    def pays_from(load):                 # a run 1% longer than load / per_step pays, 1% shorter not
+        n = load / per_step
+        return numba_pays(3, 100_000, int(n * 1.01) + 1) and not numba_pays(3, 100_000, int(n * 0.99))
+
+    monkeypatch.setenv("BPNET_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("BPNET_AOT", raising=False)
+    assert numba_load_seconds() == NUMBA_LOAD_S and pays_from(NUMBA_LOAD_S)     # nothing built here
+    folder = numba_aot.module_dir()
+    folder.mkdir(parents=True)
+    (folder / numba_aot.MANIFEST).write_text("{}")
+    assert numba_load_seconds() == AOT_LOAD_S < NUMBA_LOAD_S and pays_from(AOT_LOAD_S)
+    assert not numba_pays(3, 300, steps=300)                     # the teaching script: still NumPy
+    monkeypatch.setenv("BPNET_AOT", "0")
+    assert numba_load_seconds() == NUMBA_LOAD_S

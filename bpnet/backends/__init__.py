@@ -42,18 +42,29 @@ def default_backend_name() -> str:
 
 
 # The break-even of the "auto" choice.  Loading Numba and its cached kernels costs a new process
-# about a second (NUMBA_LOAD_S, bench_train's start-up figures); each training step then saves
-# the per-call overhead of the unfused NumPy pieces (about SAVED_PER_LAYER_S per Dense layer) and
-# the extra memory passes of the unfused optimizer update (about SAVED_PER_PARAM_S per parameter).
+# about a second (NUMBA_LOAD_S, bench_train's start-up figures), loading the kernels compiled
+# ahead of time (``bpnet build-kernels``) about 0.04 s (AOT_LOAD_S, with a margin); each training
+# step then saves the per-call overhead of the unfused NumPy pieces (about SAVED_PER_LAYER_S per
+# Dense layer) and the extra memory passes of the unfused optimizer update (about
+# SAVED_PER_PARAM_S per parameter).
 NUMBA_LOAD_S = 1.0
+AOT_LOAD_S = 0.1
 SAVED_PER_LAYER_S = 15e-6
 SAVED_PER_PARAM_S = 5e-9
 
 
+def numba_load_seconds() -> float:
+    """What loading the numba backend's kernels costs a new process: the ahead-of-time module
+    where it is built for this machine (and not switched off), else Numba's JIT cache."""
+    from . import numba_aot
+    built = numba_aot.enabled() and (numba_aot.module_dir() / numba_aot.MANIFEST).is_file()
+    return AOT_LOAD_S if built else NUMBA_LOAD_S
+
+
 def numba_pays(dense_layers: int, params: int, steps: int) -> bool:
-    """True when a run of ``steps`` steps saves more on Numba than loading Numba costs."""
+    """True when a run of ``steps`` steps saves more on Numba than loading its kernels costs."""
     saved = steps * (dense_layers * SAVED_PER_LAYER_S + params * SAVED_PER_PARAM_S)
-    return _numba_importable() and saved > NUMBA_LOAD_S
+    return _numba_importable() and saved > numba_load_seconds()
 
 
 def available_backends() -> list[str]:
