@@ -158,19 +158,33 @@ def test_the_module_gives_the_jit_kernels_numbers_bit_for_bit(aot, dtype):
 
 
 def test_a_call_the_module_was_not_built_for_goes_to_the_jit_kernel(aot):
-    """Read-only, strided or other-dtype arrays never reach the compiled code, which would
-    read them blindly: the JIT kernel takes them (and gives its own answer or error)."""
-    x = np.arange(-4.0, 4.0, dtype=np.float32)
-    frozen = x.copy()
+    """Strided or other-dtype arrays, or a read-only array a kernel would write, never reach
+    the compiled code, which would use them blindly: the JIT kernel takes them (and gives
+    its own answer or error)."""
+    frozen = np.arange(-4.0, 4.0, dtype=np.float32)
     frozen.flags.writeable = False
-    assert aot.sum_squares(frozen) == jit.sum_squares(x)
+    with pytest.raises(TypingError, match="readonly|read-only|immutable"):
+        aot.act_forward_(frozen, jit.RELU, 0.0)                # the JIT refuses to write into it
+    assert np.array_equal(frozen, np.arange(-4.0, 4.0, dtype=np.float32))
     strided = np.arange(-8.0, 8.0, dtype=np.float64)[::2]
-    with pytest.raises(TypingError, match="contiguous"):    # the JIT's answer: a typing error
+    with pytest.raises(TypingError, match="contiguous"):
         aot.sum_squares(strided)
     ints = np.arange(6, dtype=np.int64)
     assert aot.sum_squares(ints) == jit.sum_squares(ints)
-    with pytest.raises(Exception):                        # not an array at all: Numba's error
+    with pytest.raises(Exception):                            # not an array at all: Numba's error
         aot.sum_squares([1.0, 2.0])
+
+
+def test_kernels_that_only_read_take_read_only_arrays_on_the_module(aot, monkeypatch):
+    def no_jit():
+        raise AssertionError("went to the JIT")
+    monkeypatch.setattr(numba_aot, "_jit_kernels", no_jit)
+    x = np.linspace(-3, 3, 5000).astype(np.float32)
+    x[1234] = np.nan
+    x.flags.writeable = False
+    bits = x.view(np.uint32)
+    assert aot.has_nonfinite(bits, np.uint32(0x7F800000), 4096)
+    assert np.isnan(aot.sum_squares(x))
 
 
 def test_a_stale_broken_or_switched_off_module_is_not_loaded(cache, monkeypatch, tmp_path):

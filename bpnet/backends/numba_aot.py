@@ -51,6 +51,9 @@ KERNEL_SOURCES = ("numba_kernels.py", "activation_codes.py")
 # The backend's warmup decides which signatures are built, so its source is part of the key.
 BUILD_SOURCES = ("numba_aot.py", "numba_backend.py")
 NOT_AHEAD_OF_TIME = ("adam_step_parallel",)     # prange: Numba's threading layer, JIT only
+# Kernels that only read their arrays: these take read-only arrays too (a user's frozen data
+# checked for NaN), where the others need writable ones, as the JIT's array types do.
+READERS = ("sum_squares", "has_nonfinite")
 
 
 def enabled() -> bool:
@@ -130,7 +133,8 @@ def _dispatcher(name, module, entry):
     """f(*args): the compiled variant for the arguments' types, else the JIT kernel.
 
     The compiled code reads memory blindly, so a variant is only ever chosen for arrays of
-    the dtype, ndim and layout (C-contiguous, aligned, writable) it was built for.  The
+    the dtype, ndim and layout (C-contiguous, aligned, writable unless the kernel only
+    reads: ``READERS``) it was built for.  The
     first array argument, and any whose type differs between variants (the labels of the
     cross-entropy kernel), are checked on each call; the others are the first's siblings,
     which the backend checks before every call (same dtype and layout: ``_plain``)."""
@@ -142,7 +146,20 @@ def _dispatcher(name, module, entry):
     variants = {tuple((np.dtype(spec[k][0]), spec[k][1], True) for k in checked): getattr(module, export)
                 for export, spec in entry["variants"]}
     where = [positions[k] for k in checked]
-    if len(where) == 1:
+    if name in READERS:
+        first = where[0]
+
+        def call(*args):
+            a = args[first]
+            try:
+                flags = a.flags
+                kernel = variants.get(((a.dtype, a.ndim, flags.c_contiguous and flags.aligned),))
+            except AttributeError:
+                kernel = None
+            if kernel is None:
+                kernel = getattr(_jit_kernels(), name)
+            return kernel(*args)
+    elif len(where) == 1:
         first = where[0]
 
         def call(*args):
@@ -268,7 +285,6 @@ def _compile(out_dir: Path):
             super().__init__(*args)
             self.error_model = "numpy"
             self.fastmath = False
-            self.release_gil = True
 
     pycc_compiler.Flags = KernelFlags
     # The host's own instruction-set features, as the JIT uses, not those implied by the
