@@ -226,6 +226,15 @@ def test_a_failed_build_says_why_and_leaves_nothing_behind(tmp_path, monkeypatch
     assert list((tmp_path / "kernels").iterdir()) == []
 
 
+def test_a_cache_folder_that_cannot_be_written_is_named_with_the_fix(tmp_path, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("BPNET_CACHE_DIR", str(blocker / "cache"))
+    with pytest.raises(BackendError, match="cannot write the kernel cache .*a-file.*BPNET_CACHE_DIR"):
+        numba_aot.build()
+    assert blocker.read_text() == "not a folder"
+
+
 def test_build_kernels_command_reports_a_module_that_is_built_already(cache, monkeypatch, capsys):
     monkeypatch.setenv("BPNET_CACHE_DIR", str(cache))
     assert cli_main(["build-kernels"]) == 0

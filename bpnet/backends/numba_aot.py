@@ -212,8 +212,12 @@ def build(quiet: bool = False) -> Path:
     target = module_dir()
     if (target / MANIFEST).is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=".build-", dir=target.parent))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=".build-", dir=target.parent))
+    except OSError as exc:
+        raise BackendError(f"cannot write the kernel cache {target.parent} ({exc.strerror}); set "
+                           "BPNET_CACHE_DIR to a folder you can write") from exc
     try:
         proc = subprocess.run([sys.executable, "-m", "bpnet.backends.numba_aot", str(work)],
                               capture_output=True, text=True, env={**os.environ, "BPNET_AOT": "0"})
