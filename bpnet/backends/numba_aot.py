@@ -18,8 +18,8 @@ array arguments' dtype, ndim and layout; any other call goes to the JIT
 kernel, which imports Numba then.  One JIT kernel has no counterpart:
 ``adam_step_parallel`` (``prange``, on the OpenMP threads of MKL's products)
 cannot be compiled ahead of time, so with the module Adam runs on one core,
-which made the MLP's steps 0-12% slower where MKL multiplies (bench_train's
-bpnet-jit worker) and changes nothing elsewhere.
+which made the MLP's steps 0-17% longer where MKL multiplies (bench_train's
+bpnet-jit worker against bpnet-numba) and changes nothing elsewhere.
 
 The build runs in a child process and writes into a new folder, which is
 renamed into place only when complete; the folder's name is a hash of what the
