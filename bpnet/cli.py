@@ -368,7 +368,7 @@ def _build_kernels(args) -> int:
     if importlib.util.find_spec("numba") is None:
         raise ConfigError("building the kernels needs Numba: run `pip install numba`")
     target = numba_aot.module_dir()
-    if (target / numba_aot.MANIFEST).is_file():
+    if numba_aot.is_built(target):
         print(f"bpnet: the ahead-of-time kernels for this machine are built already: {target}")
         return 0
     print("bpnet: compiling the numba kernels ahead of time for this CPU (10-30 s) ...",

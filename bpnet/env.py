@@ -135,7 +135,7 @@ def _aot_kernels() -> str:
     without loading it), which the numba backend then uses unless ``BPNET_AOT=0``."""
     from .backends import numba_aot
     folder = numba_aot.module_dir()
-    built = (folder / numba_aot.MANIFEST).is_file()
+    built = numba_aot.is_built(folder)
     state = f"built ({folder})" if built else "not built (`bpnet build-kernels` builds it)"
     return state + ("" if numba_aot.enabled() else "; not used (BPNET_AOT=0)")
 

@@ -57,7 +57,7 @@ def numba_load_seconds() -> float:
     """What loading the numba backend's kernels costs a new process: the ahead-of-time module
     where it is built for this machine (and not switched off), else Numba's JIT cache."""
     from . import numba_aot
-    built = numba_aot.enabled() and (numba_aot.module_dir() / numba_aot.MANIFEST).is_file()
+    built = numba_aot.enabled() and numba_aot.is_built()
     return AOT_LOAD_S if built else NUMBA_LOAD_S
 
 

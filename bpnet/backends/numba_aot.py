@@ -105,14 +105,19 @@ def module_dir() -> Path:
     return cache_root() / "kernels" / build_key()
 
 
+def is_built(folder: Path | None = None) -> bool:
+    """Whether the module for this machine (or in ``folder``) is complete: its manifest is
+    written last."""
+    return ((module_dir() if folder is None else folder) / MANIFEST).is_file()
+
+
 # -- loading ----------------------------------------------------------------------
 class AheadOfTimeKernels:
     """The kernel module's functions under the JIT module's names, each behind a dispatcher."""
 
     ahead_of_time = True
 
-    def __init__(self, module, manifest, path):
-        self.path = path
+    def __init__(self, module, manifest):
         for name in activation_codes.ACT_CODES:
             setattr(self, name.upper(), activation_codes.ACT_CODES[name])
         for name, entry in manifest["kernels"].items():
@@ -134,10 +139,10 @@ def _dispatcher(name, module, entry):
 
     The compiled code reads memory blindly, so a variant is only ever chosen for arrays of
     the dtype, ndim and layout (C-contiguous, aligned, writable unless the kernel only
-    reads: ``READERS``) it was built for.  The
-    first array argument, and any whose type differs between variants (the labels of the
-    cross-entropy kernel), are checked on each call; the others are the first's siblings,
-    which the backend checks before every call (same dtype and layout: ``_plain``)."""
+    reads: ``READERS``) it was built for.  The first array argument, and any whose type
+    differs between variants (the labels of the cross-entropy kernel), are checked on each
+    call; the others are the first's siblings, which the backend checks before every call
+    (same dtype and layout: ``_plain``)."""
     positions = entry["arrays"]
     specs = [spec for _, spec in entry["variants"]]
     checked = [0] + [k for k in range(1, len(positions))       # not implied by the first's type
@@ -146,31 +151,23 @@ def _dispatcher(name, module, entry):
     variants = {tuple((np.dtype(spec[k][0]), spec[k][1], True) for k in checked): getattr(module, export)
                 for export, spec in entry["variants"]}
     where = [positions[k] for k in checked]
-    if name in READERS:
+    writes = name not in READERS
+
+    def jit_kernel():
+        return getattr(_jit_kernels(), name)
+
+    if len(where) == 1:
         first = where[0]
 
         def call(*args):
             a = args[first]
             try:
                 flags = a.flags
-                kernel = variants.get(((a.dtype, a.ndim, flags.c_contiguous and flags.aligned),))
+                ok = flags.carray if writes else flags.c_contiguous and flags.aligned
+                kernel = variants.get(((a.dtype, a.ndim, ok),))
             except AttributeError:
                 kernel = None
-            if kernel is None:
-                kernel = getattr(_jit_kernels(), name)
-            return kernel(*args)
-    elif len(where) == 1:
-        first = where[0]
-
-        def call(*args):
-            a = args[first]
-            try:
-                kernel = variants.get(((a.dtype, a.ndim, a.flags.carray),))
-            except AttributeError:
-                kernel = None
-            if kernel is None:
-                kernel = getattr(_jit_kernels(), name)
-            return kernel(*args)
+            return (kernel or jit_kernel())(*args)
     else:
         def call(*args):
             try:
@@ -178,9 +175,7 @@ def _dispatcher(name, module, entry):
                 kernel = variants.get(key)
             except AttributeError:
                 kernel = None
-            if kernel is None:
-                kernel = getattr(_jit_kernels(), name)
-            return kernel(*args)
+            return (kernel or jit_kernel())(*args)
 
     call.__name__ = call.__qualname__ = name
     call.__doc__ = f"{name} from the ahead-of-time module (see bpnet.backends.numba_aot)."
@@ -192,17 +187,16 @@ def load():
     if not enabled():
         return None
     folder = module_dir()
-    manifest_path = folder / MANIFEST
-    if not manifest_path.is_file():
+    if not is_built(folder):
         return None
     try:
-        manifest = json.loads(manifest_path.read_text())
+        manifest = json.loads((folder / MANIFEST).read_text())
         spec = importlib.util.spec_from_file_location(MODULE_NAME, folder / manifest["file"])
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
     except (OSError, ValueError, KeyError, ImportError):
         return None
-    return AheadOfTimeKernels(module, manifest, folder)
+    return AheadOfTimeKernels(module, manifest)
 
 
 # -- building -----------------------------------------------------------------------
@@ -210,7 +204,7 @@ def build(quiet: bool = False) -> Path:
     """Compile the kernels for this machine into the cache (in a child process, so that
     Numba and LLVM never load into the caller); returns the module's folder."""
     target = module_dir()
-    if (target / MANIFEST).is_file():
+    if is_built(target):
         return target
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -230,7 +224,7 @@ def build(quiet: bool = False) -> Path:
         try:
             os.replace(work, target)
         except OSError:                      # another process built it at the same time
-            if not (target / MANIFEST).is_file():
+            if not is_built(target):
                 raise
     finally:
         if work.exists():
